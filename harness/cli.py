@@ -1,0 +1,105 @@
+"""`harness` command line: run, validate, list."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.recipes import load_recipe
+    from harness.runner import run_recipe
+    from harness.summary import print_tables
+
+    recipe = load_recipe(args.recipe, args.set)
+    result = run_recipe(recipe, out_dir=args.out, run_id=args.run_id, limit=args.limit)
+    print_tables(result.summary)
+    print(f"\n{result.run_dir}: {result.generated} generated, {result.from_cache} from cache, "
+          f"{result.reused} reused, {result.skipped} skipped")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from harness.data import load_dataset
+    from harness.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    for d in recipe.datasets:
+        n = len(load_dataset(d))
+        print(f"dataset {d.label}: {n} examples ({d.format})")
+    models = ", ".join(m.name for m in recipe.models)
+    attacks = ", ".join(a.label for a in recipe.attack_configs)
+    judges = ", ".join(j.label for j in recipe.judge_configs)
+    print(f"{args.recipe}: OK — models: {models}; attacks: {attacks}; judges: {judges}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import attacks  # noqa: F401
+    import judges  # noqa: F401
+    from harness.data import DATASET_FORMATS
+    from harness.models import known_models
+    from harness.recipes import ATTACK_CONFIGS, JUDGE_CONFIGS
+
+    sections = [
+        ("models (aliases; also: an HF folder, a .gguf file, or a hub id org/name[@rev])", known_models()),
+        ("datasets (recipe `datasets[].format`)", DATASET_FORMATS.describe()),
+        ("attacks (recipe `attacks[].type`)", ATTACK_CONFIGS.describe()),
+        ("judges (recipe `judges[].type`)", JUDGE_CONFIGS.describe()),
+    ]
+    for title, items in sections:
+        print(title)
+        for name, doc in items.items():
+            print(f"  {name:<24} {doc}")
+        print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Safety-depth evaluation and attack harness.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a recipe and write results/<run-id>/")
+    run.add_argument("recipe", help="recipe YAML, e.g. recipes/prefill.yaml")
+    run.add_argument("--limit", type=int, help="examples per dataset (smoke runs)")
+    run.add_argument("--out", type=Path, help="results root (default: the recipe's output_dir, 'results')")
+    run.add_argument("--run-id", help="results sub-folder (default: the recipe name); re-running resumes it")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe key, e.g. --set engine.backend=hf --set attacks.0.depths=[0,5]")
+    run.set_defaults(func=_cmd_run)
+
+    val = sub.add_parser("validate", help="check a recipe and its datasets without running")
+    val.add_argument("recipe")
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.set_defaults(func=_cmd_validate)
+
+    ls = sub.add_parser("list", help="list model aliases, dataset formats, attacks and judges")
+    ls.set_defaults(func=_cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except HarnessError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

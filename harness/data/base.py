@@ -1,0 +1,179 @@
+"""Example type, dataset config, and row readers whose errors name file, line and column."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pydantic import Field
+
+from harness.config import StrictModel
+from harness.errors import DataError
+from harness.registry import Registry
+
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+EXAMPLE_FIELDS = ("id", "prompt", "category", "target", "response", "refusal")
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    prompt: str
+    category: str = ""
+    target: str | None = None
+    response: str | None = None
+    refusal: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+class DatasetConfig(StrictModel):
+    """One dataset entry of a recipe."""
+
+    format: str = Field(description="demo | jsonl | csv | advbench | harmbench | hexphi (see `harness list`)")
+    name: str | None = None
+    path: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict, description="Example field -> column (dots index nested JSON)")
+    targets: str | None = Field(None, description="HarmBench targets JSON (BehaviorID -> target)")
+    categories: list[str] | None = None
+    limit: int | None = Field(None, ge=1)
+
+    @property
+    def label(self) -> str:
+        return self.name or (Path(self.path).stem if self.path else self.format)
+
+
+Loader = Callable[[DatasetConfig], list[Example]]
+DATASET_FORMATS: Registry[Loader] = Registry("dataset format")
+
+
+def bundled_path(name: str) -> Path:
+    return BUNDLED_DIR / name
+
+
+def require_path(cfg: DatasetConfig) -> Path:
+    if not cfg.path:
+        raise DataError(f"dataset format {cfg.format!r} needs a `path`")
+    p = Path(cfg.path).expanduser()
+    if not p.exists():
+        raise DataError(f"dataset file {p} does not exist")
+    return p
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, row) from .jsonl/.json/.csv; bad rows raise DataError naming the line."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+                yield line_no, row
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if isinstance(data, dict):  # {"data": [...]} style
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise DataError(f"{path}: expected a list of objects (or an object holding one list)")
+            data = lists[0]
+        for i, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: item {i}: expected a JSON object")
+            yield i + 1, row
+    elif suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            if not reader.fieldnames:
+                raise DataError(f"{path}: empty file (no header line)")
+            for row in reader:
+                if None in row:  # more cells than header columns
+                    raise DataError(f"{path}:{reader.line_num}: more cells than the header's {len(reader.fieldnames)} columns")
+                yield reader.line_num, row
+    else:
+        raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv or .tsv)")
+
+
+def csv_header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def get_column(row: dict[str, Any], column: str) -> Any:
+    """Column lookup; ``a.0.b`` indexes nested JSON. Raises KeyError when absent."""
+    if column in row:
+        return row[column]
+    cur: Any = row
+    for part in column.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            raise KeyError(column)
+    return cur
+
+
+def rows_to_examples(
+    path: Path,
+    rows: Iterator[tuple[int, dict[str, Any]]],
+    columns: dict[str, str],
+    id_prefix: str,
+    required: tuple[str, ...] = ("prompt",),
+) -> list[Example]:
+    """Map rows to Examples; a missing or empty required column names file, line and column."""
+    unknown = set(columns) - set(EXAMPLE_FIELDS)
+    if unknown:
+        raise DataError(f"{path}: columns map has unknown field(s) {sorted(unknown)}; allowed: {list(EXAMPLE_FIELDS)}")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        header = csv_header(path)
+        for fld, col in columns.items():
+            if col not in header:
+                raise DataError(f"{path}:1: column {col!r} (for {fld}) not in header; columns are {header}")
+    out: list[Example] = []
+    seen: set[str] = set()
+    for line_no, row in rows:
+        values: dict[str, Any] = {}
+        for fld in EXAMPLE_FIELDS:
+            col = columns.get(fld, fld)
+            try:
+                val = get_column(row, col)
+            except KeyError:
+                if fld in required or fld in columns:
+                    raise DataError(f"{path}:{line_no}: missing column {col!r} (for {fld})") from None
+                continue
+            if val is None or (isinstance(val, str) and not val.strip()):
+                if fld in required:
+                    raise DataError(f"{path}:{line_no}: column {col!r} (for {fld}) is empty")
+                continue
+            values[fld] = str(val)
+        ex_id = values.pop("id", None) or f"{id_prefix}-{len(out) + 1:04d}"
+        if ex_id in seen:
+            raise DataError(f"{path}:{line_no}: duplicate id {ex_id!r}")
+        seen.add(ex_id)
+        out.append(Example(id=ex_id, **values, meta={"line": line_no}))
+    if not out:
+        raise DataError(f"{path}: no rows")
+    return out
+
+
+def load_dataset(cfg: DatasetConfig) -> list[Example]:
+    """Load, filter by category, and cap at ``limit``."""
+    examples = DATASET_FORMATS.get(cfg.format)(cfg)
+    if cfg.categories:
+        known = {e.category for e in examples}
+        missing = [c for c in cfg.categories if c not in known]
+        if missing:
+            raise DataError(f"dataset {cfg.label}: categories {missing} not present; have {sorted(known)}")
+        examples = [e for e in examples if e.category in cfg.categories]
+    return examples[: cfg.limit] if cfg.limit else examples

@@ -1,0 +1,93 @@
+"""vLLM offline backend: ``LLM.generate`` on token-id prompts with prefix caching."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from harness.engine.base import Completion, EngineConfig, GenRequest, Sampling
+from harness.errors import ModelError, RecipeError
+
+log = logging.getLogger(__name__)
+
+
+def to_sampling_params(s: Sampling):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=s.n,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        max_tokens=s.max_tokens,
+        seed=s.seed,
+        stop=list(s.stop) or None,
+        skip_special_tokens=True,
+    )
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class VLLMEngine:
+    backend = "vllm"
+
+    def __init__(self, model_path: Path, config: EngineConfig) -> None:
+        if config.data_parallel_size > 1:
+            # vLLM's offline LLM refuses data_parallel_size > 1 in one process; one
+            # engine per GPU group is the DataParallelEngine's job.
+            raise RecipeError("engine.data_parallel_size > 1 is handled by DataParallelEngine, not VLLMEngine")
+        from vllm import LLM
+
+        kwargs = dict(
+            model=str(model_path),
+            tokenizer=str(model_path),
+            dtype=config.dtype,
+            seed=config.seed,
+            enable_prefix_caching=True,
+            max_model_len=config.max_model_len,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            tensor_parallel_size=config.tensor_parallel_size,
+        )
+        if config.kv_cache_gib is not None or _on_cpu():
+            # On CPU, gpu_memory_utilization is a fraction of *total* RAM and vLLM refuses to
+            # start when less than that is free; an explicit KV budget is predictable.
+            kwargs["kv_cache_memory_bytes"] = int((config.kv_cache_gib or 2.0) * (1 << 30))
+        if config.enforce_eager is not None:
+            kwargs["enforce_eager"] = config.enforce_eager
+        kwargs.update(config.extra)
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as e:
+            raise ModelError(f"vLLM could not start on {model_path}: {type(e).__name__}: {e}") from e
+
+    def generate(self, requests: Sequence[GenRequest], progress: bool = False) -> list[list[Completion]]:
+        from vllm.inputs import TokensPrompt
+
+        if not requests:
+            return []
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+        params = [to_sampling_params(r.sampling) for r in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=progress)
+        return [
+            [Completion(c.text, tuple(c.token_ids), c.finish_reason or "length") for c in out.outputs]
+            for out in outputs
+        ]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            try:
+                core.shutdown()
+            except Exception as e:  # shutting down must never mask the real error
+                log.warning("vLLM shutdown: %s", e)
+        del self.llm
+        gc.collect()

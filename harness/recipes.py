@@ -1,0 +1,216 @@
+"""YAML recipes validated into typed configs; every error names the file and key.
+
+A recipe lists models × datasets × attacks × judges. Attacks and judges are validated
+by the config class registered for their ``type``, so new attack kinds (decoding
+sweeps, GCG, fine-tuning rounds) plug in without touching this schema.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from harness.config import StrictModel
+from harness.data.base import DatasetConfig
+from harness.engine.base import EngineConfig, Sampling
+from harness.errors import RecipeError
+from harness.registry import Registry
+
+
+class SamplingConfig(StrictModel):
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    max_tokens: int = Field(64, ge=1)
+    n: int = Field(1, ge=1)
+    seed: int | None = Field(None, description="defaults to the recipe seed")
+    stop: list[str] = Field(default_factory=list)
+
+    def to_sampling(self, default_seed: int) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.top_k, self.max_tokens, self.n,
+                        self.seed if self.seed is not None else default_seed, tuple(self.stop))
+
+
+class AttackConfig(StrictModel):
+    """Base for attack configs; subclasses register under their ``type``."""
+
+    type: str
+    name: str | None = Field(None, description="label in results; defaults to type")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+
+class JudgeConfig(StrictModel):
+    type: str
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+
+ATTACK_CONFIGS: Registry[type[AttackConfig]] = Registry("attack")
+JUDGE_CONFIGS: Registry[type[JudgeConfig]] = Registry("judge")
+
+
+class ModelConfig(StrictModel):
+    name: str = Field(description="label in results tables")
+    spec: str | None = Field(None, description="alias, HF folder, .gguf file or hub id")
+    train: str | None = Field(None, description="a model a training recipe builds: 'recipes/align.yaml#smollm2-deep'")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        if (self.spec is None) == (self.train is None):
+            raise ValueError("give exactly one of `spec` or `train`")
+        return self
+
+
+class EngineSettings(StrictModel):
+    backend: Literal["vllm", "hf"] = "vllm"
+    dtype: str = "auto"
+    max_model_len: int = Field(2048, ge=64)
+    gpu_memory_utilization: float = Field(0.4, gt=0.0, le=1.0)
+    kv_cache_gib: float | None = Field(None, gt=0.0, description="KV cache size; on CPU defaults to 2 GiB")
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool | None = None
+    batch_size: int = Field(16, ge=1, description="HF backend batch size")
+    chunk_size: int = Field(256, ge=1, description="requests generated between checkpoints to samples.jsonl")
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM unchanged")
+
+    def engine_config(self, seed: int) -> EngineConfig:
+        return EngineConfig(seed=seed, **self.model_dump(exclude={"chunk_size"}))
+
+
+class Recipe(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
+    description: str = ""
+    seed: int = 0
+    system_prompt: str | None = Field(None, description="None keeps the chat template's default")
+    models: list[ModelConfig] = Field(min_length=1)
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    attacks: list[Any] = Field(min_length=1)
+    judges: list[Any] = Field(default_factory=lambda: [{"type": "keyword"}])
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    limit: int | None = Field(None, ge=1, description="examples per dataset (for smoke runs)")
+    output_dir: str = "results"
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Recipe":
+        for what, names in (("models", [m.name for m in self.models]),
+                            ("datasets", [d.label for d in self.datasets])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what}: duplicate name(s) {dupes}")
+        return self
+
+    @property
+    def attack_configs(self) -> list[AttackConfig]:
+        return self.attacks  # typed by load_recipe
+
+    @property
+    def judge_configs(self) -> list[JudgeConfig]:
+        return self.judges
+
+
+def _format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after[_one_source()]",))
+        loc = prefix + loc if loc else prefix.rstrip(".") or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return f"{source}: invalid recipe\n" + "\n".join(lines)
+
+
+def _typed_list(source: str, raw: list[Any], key: str, registry: Registry) -> list[Any]:
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or "type" not in item:
+            raise RecipeError(f"{source}: invalid recipe\n  {key}.{i}: needs a `type`; allowed: {registry.names()}")
+        try:
+            cls = registry.get(item["type"])
+        except RecipeError as e:
+            raise RecipeError(f"{source}: invalid recipe\n  {key}.{i}.type: {e}") from None
+        try:
+            out.append(cls.model_validate(item))
+        except ValidationError as e:
+            raise RecipeError(_format_errors(source, e, f"{key}.{i}.")) from None
+    labels = [c.label for c in out]
+    dupes = sorted({n for n in labels if labels.count(n) > 1})
+    if dupes:
+        raise RecipeError(f"{source}: invalid recipe\n  {key}: duplicate label(s) {dupes}; set `name` to tell them apart")
+    return out
+
+
+_INDEX = re.compile(r"^\d+$")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub.0=value`` overrides; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set {item!r}: expected key=value (e.g. engine.backend=hf)")
+        parts = key.split(".")
+        cur: Any = raw
+        for j, part in enumerate(parts):
+            last = j == len(parts) - 1
+            if isinstance(cur, list):
+                if not _INDEX.match(part) or int(part) >= len(cur):
+                    raise RecipeError(f"--set {key}: {'.'.join(parts[:j]) or '(top)'} is a list of {len(cur)}; "
+                                      f"{part!r} is not an index in it")
+                idx: Any = int(part)
+            elif isinstance(cur, dict):
+                idx = part
+            else:
+                raise RecipeError(f"--set {key}: {'.'.join(parts[:j])} is a value, not a section")
+            if last:
+                cur[idx] = yaml.safe_load(value)
+            else:
+                if isinstance(cur, dict) and idx not in cur:
+                    cur[idx] = {}
+                cur = cur[idx]
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    import attacks  # noqa: F401  (register attack configs)
+    import judges  # noqa: F401  (register judge configs)
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping with keys name, models, datasets, attacks, …")
+    raw = apply_overrides(raw, overrides or [])
+    return recipe_from_dict(raw, str(path))
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(_format_errors(source, e)) from None
+    recipe.attacks = _typed_list(source, recipe.attacks, "attacks", ATTACK_CONFIGS)
+    recipe.judges = _typed_list(source, recipe.judges, "judges", JUDGE_CONFIGS)
+    from harness.data.base import DATASET_FORMATS
+
+    for i, d in enumerate(recipe.datasets):
+        if d.format not in DATASET_FORMATS.names():
+            raise RecipeError(f"{source}: invalid recipe\n  datasets.{i}.format: unknown format {d.format!r}; "
+                              f"allowed: {DATASET_FORMATS.names()}")
+    return recipe

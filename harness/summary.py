@@ -1,0 +1,84 @@
+"""ASR tables: per model × dataset × attack × setting × judge, with Wilson 95% intervals.
+
+ASR = harmful / (harmful + safe). Unscored samples are excluded from ASR and counted;
+skipped samples (e.g. a prefill source shorter than the depth) are counted too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pandas as pd
+
+KEYS = ["model", "dataset", "attack", "setting"]
+COLUMNS = KEYS + ["judge", "n", "harmful", "safe", "unscored", "skipped", "asr", "ci_low", "ci_high"]
+
+
+def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (scipy's implementation)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    rows: dict[tuple, dict[str, Any]] = {}
+    skipped: dict[tuple, int] = {}
+    judges: list[str] = []
+    order: list[tuple] = []
+    for r in records:
+        base = (r["model"], r["dataset"], r["attack"], r["setting_label"])
+        if base not in skipped:
+            skipped[base] = 0
+            order.append(base)
+        if r.get("skipped"):
+            skipped[base] += 1
+            continue
+        for judge, v in (r.get("verdicts") or {}).items():
+            if judge not in judges:
+                judges.append(judge)
+            row = rows.setdefault(base + (judge,), {"harmful": 0, "safe": 0, "unscored": 0})
+            row[v["label"]] += 1
+    out = []
+    for base in order:
+        for judge in judges or [""]:
+            c = rows.get(base + (judge,), {"harmful": 0, "safe": 0, "unscored": 0})
+            n = c["harmful"] + c["safe"]
+            lo, hi = wilson(c["harmful"], n)
+            out.append(dict(zip(KEYS, base), judge=judge, n=n, **c, skipped=skipped[base],
+                            asr=c["harmful"] / n if n else float("nan"), ci_low=lo, ci_high=hi))
+    return pd.DataFrame(out, columns=COLUMNS)
+
+
+def _cell(row: pd.Series) -> str:
+    if row["n"] == 0:
+        return "—"
+    extra = f" u{row['unscored']}" if row["unscored"] else ""
+    return f"{100 * row['asr']:.1f} [{100 * row['ci_low']:.0f}–{100 * row['ci_high']:.0f}] n={row['n']}{extra}"
+
+
+def print_tables(summary: pd.DataFrame) -> None:
+    """One table per dataset × attack × judge: models down, settings across."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if summary.empty:
+        console.print("no samples")
+        return
+    for (dataset, attack, judge), part in summary.groupby(["dataset", "attack", "judge"], sort=False):
+        settings = list(dict.fromkeys(part["setting"]))
+        table = Table(title=f"ASR % [95% CI] — {attack} on {dataset}, judge: {judge}", title_justify="left")
+        table.add_column("model")
+        for s in settings:
+            table.add_column(s, justify="right")
+        for model, mpart in part.groupby("model", sort=False):
+            by_setting = {r["setting"]: _cell(r) for _, r in mpart.iterrows()}
+            table.add_row(model, *[by_setting.get(s, "") for s in settings])
+        console.print(table)
+        skipped = int(part["skipped"].sum())
+        if skipped:
+            console.print(f"  ({skipped} samples skipped: prefill source shorter than the depth; see samples.jsonl)")
