@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.verbose:  # vLLM logs every weight load; keep the console for progress and tables
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         return args.func(args)
     except HarnessError as e:

@@ -128,6 +128,7 @@ def _run_model(recipe: Recipe, model_name: str, model: ResolvedModel, datasets: 
     from transformers import AutoTokenizer
 
     builder = PromptBuilder(AutoTokenizer.from_pretrained(model.path), recipe.system_prompt)
+    engine_tag = f"{recipe.engine.backend}:{recipe.engine.dtype}"
     pending: dict[str, list[tuple[PlannedSample, list[dict[str, Any]]]]] = {}
     requests: dict[str, GenRequest] = {}
     for ds_name, examples in datasets.items():
@@ -143,7 +144,7 @@ def _run_model(recipe: Recipe, model_name: str, model: ResolvedModel, datasets: 
                         store.append([rec])
                     result.skipped += 1
                     continue
-                key = cache_key(model.fingerprint_id, p.prompt.prompt_ids, p.sampling)
+                key = cache_key(model.fingerprint_id, p.prompt.prompt_ids, p.sampling, engine_tag)
                 recs = []
                 for i in range(p.sampling.n):
                     sid = sample_id(model_name, ds_name, p.example.id, attack.label, p.label, i)

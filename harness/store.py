@@ -33,8 +33,11 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def cache_key(fingerprint_id: str, prompt_ids: Sequence[int], sampling: Sampling) -> str:
-    return _sha({"model": fingerprint_id, "prompt": list(prompt_ids), "sampling": sampling.to_json()})[:32]
+def cache_key(fingerprint_id: str, prompt_ids: Sequence[int], sampling: Sampling, engine: str = "") -> str:
+    """Model fingerprint + prompt ids + sampling (incl. seed) + engine ("vllm:auto"): seeded
+    sampling, and low-precision greedy ties, differ between backends and dtypes."""
+    return _sha({"model": fingerprint_id, "prompt": list(prompt_ids), "sampling": sampling.to_json(),
+                 "engine": engine})[:32]
 
 
 def sample_id(*parts: Any) -> str:
