@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
+
+# Modules with `add_commands(subparsers)`; each registers its own sub-commands.
+COMMAND_MODULES: list[str] = []
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -81,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list model aliases, dataset formats, attacks and judges")
     ls.set_defaults(func=_cmd_list)
+
+    for module in COMMAND_MODULES:  # each adds its own sub-commands
+        importlib.import_module(module).add_commands(sub)
     return p
 
 

@@ -98,6 +98,7 @@ class Recipe(StrictModel):
     datasets: list[DatasetConfig] = Field(min_length=1)
     attacks: list[Any] = Field(min_length=1)
     judges: list[Any] = Field(default_factory=lambda: [{"type": "keyword"}])
+    utility: list[Any] = Field(default_factory=list, description="over-refusal and utility tasks, run for every model")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     limit: int | None = Field(None, ge=1, description="examples per dataset (for smoke runs)")
     output_dir: str = "results"
@@ -118,6 +119,10 @@ class Recipe(StrictModel):
     @property
     def judge_configs(self) -> list[JudgeConfig]:
         return self.judges
+
+    @property
+    def utility_tasks(self) -> list[Any]:
+        return self.utility
 
 
 def _format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
@@ -184,6 +189,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     import attacks  # noqa: F401  (register attack configs)
     import judges  # noqa: F401  (register judge configs)
+    import harness.utility  # noqa: F401  (register utility tasks)
 
     path = Path(path)
     if not path.is_file():
@@ -207,6 +213,9 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
         raise RecipeError(_format_errors(source, e)) from None
     recipe.attacks = _typed_list(source, recipe.attacks, "attacks", ATTACK_CONFIGS)
     recipe.judges = _typed_list(source, recipe.judges, "judges", JUDGE_CONFIGS)
+    from harness.utility import UTILITY_TASKS
+
+    recipe.utility = _typed_list(source, recipe.utility, "utility", UTILITY_TASKS)
     from harness.data.base import DATASET_FORMATS
 
     for i, d in enumerate(recipe.datasets):

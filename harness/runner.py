@@ -26,9 +26,8 @@ from harness.engine import Engine, EngineConfig, GenRequest, make_engine
 from harness.models import ResolvedModel, resolve_model
 from harness.prompts import PromptBuilder
 from harness.recipes import ModelConfig, Recipe
-from harness.store import MANIFEST, SUMMARY, GenerationCache, RunStore, cache_key, sample_id
-from harness.summary import summarize
-from judges.base import JudgeInput
+from harness.finalize import finalize
+from harness.store import MANIFEST, GenerationCache, RunStore, cache_key, sample_id
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +94,7 @@ def run_recipe(
     pool = engines or EnginePool()
     limit = limit or recipe.limit
     datasets = {d.label: load_dataset(d)[:limit] if limit else load_dataset(d) for d in recipe.datasets}
+    utility = {t.label: t.load()[:limit] if limit else t.load() for t in recipe.utility_tasks}
     judges = [j.make() for j in recipe.judge_configs]
     result = RunResult(store.dir, pd.DataFrame())
     manifest = _manifest(recipe, limit)
@@ -105,11 +105,10 @@ def run_recipe(
             result.models[m.name] = resolved.to_json()
             manifest["models"][m.name] = resolved.to_json()
             store.write_json(MANIFEST, manifest)
-            _run_model(recipe, m.name, resolved, datasets, store, gen_cache, pool, result, progress)
-        _judge_missing(store, judges, progress)
-        store.compact()
-        result.summary = summarize(store.records.values())
-        result.summary.to_csv(store.dir / SUMMARY, index=False)
+            _run_model(recipe, m.name, resolved, datasets, utility, store, gen_cache, pool, result, progress)
+        if own_pool:
+            pool.close()  # free the target engine before judges that start their own
+        result.summary = finalize(store, judges, progress, utility_tasks=recipe.utility_tasks)
         manifest.update(status="complete", finished=_now(), counts={
             "generated": result.generated, "from_cache": result.from_cache, "reused": result.reused,
             "skipped": result.skipped, "samples": len(store.records)})
@@ -123,7 +122,7 @@ def run_recipe(
 
 
 def _run_model(recipe: Recipe, model_name: str, model: ResolvedModel, datasets: dict[str, list[Example]],
-               store: RunStore, gen_cache: GenerationCache, pool: EnginePool, result: RunResult,
+               utility: dict[str, list[Example]], store: RunStore, gen_cache: GenerationCache, pool: EnginePool, result: RunResult,
                progress: bool) -> None:
     from transformers import AutoTokenizer
 
@@ -131,31 +130,32 @@ def _run_model(recipe: Recipe, model_name: str, model: ResolvedModel, datasets: 
     engine_tag = f"{recipe.engine.backend}:{recipe.engine.dtype}"
     pending: dict[str, list[tuple[PlannedSample, list[dict[str, Any]]]]] = {}
     requests: dict[str, GenRequest] = {}
-    for ds_name, examples in datasets.items():
-        for attack in recipe.attack_configs:
-            for p in attack.plan(examples, builder, recipe.seed):
-                base = dict(model=model_name, model_fingerprint=model.fingerprint_id, dataset=ds_name,
-                            example_id=p.example.id, category=p.example.category, attack=attack.label,
-                            setting=p.setting, setting_label=p.label, prompt=p.example.prompt)
-                if p.prompt is None:
-                    sid = sample_id(model_name, ds_name, p.example.id, attack.label, p.label, 0)
-                    rec = dict(sample_id=sid, **base, sample_index=0, skipped=p.skipped, verdicts={})
-                    if store.records.get(sid) != rec:
-                        store.append([rec])
-                    result.skipped += 1
-                    continue
-                key = cache_key(model.fingerprint_id, p.prompt.prompt_ids, p.sampling, engine_tag)
-                recs = []
-                for i in range(p.sampling.n):
-                    sid = sample_id(model_name, ds_name, p.example.id, attack.label, p.label, i)
-                    recs.append(dict(sample_id=sid, **base, sample_index=i, prefill_text=p.prompt.prefill_text,
-                                     prefill_tokens=len(p.prompt.prefill_ids), sampling=p.sampling.to_json(),
-                                     cache_key=key))
-                if all(store.records.get(r["sample_id"], {}).get("cache_key") == key for r in recs):
-                    result.reused += len(recs)
-                    continue
-                pending.setdefault(key, []).append((p, recs))
-                requests[key] = GenRequest(p.prompt.prompt_ids, p.sampling)
+    jobs = [(ds, a, "attack", ex) for ds, ex in datasets.items() for a in recipe.attack_configs]
+    jobs += [(t.label, t, "utility", utility[t.label]) for t in recipe.utility_tasks]
+    for ds_name, attack, kind, examples in jobs:
+        for p in attack.plan(examples, builder, recipe.seed):
+            base = dict(model=model_name, model_fingerprint=model.fingerprint_id, dataset=ds_name, kind=kind,
+                        example_id=p.example.id, category=p.example.category, attack=attack.label,
+                        setting=p.setting, setting_label=p.label, prompt=p.example.prompt)
+            if p.prompt is None:
+                sid = sample_id(model_name, ds_name, p.example.id, attack.label, p.label, 0)
+                rec = dict(sample_id=sid, **base, sample_index=0, skipped=p.skipped, verdicts={})
+                if store.records.get(sid) != rec:
+                    store.append([rec])
+                result.skipped += 1
+                continue
+            key = cache_key(model.fingerprint_id, p.prompt.prompt_ids, p.sampling, engine_tag)
+            recs = []
+            for i in range(p.sampling.n):
+                sid = sample_id(model_name, ds_name, p.example.id, attack.label, p.label, i)
+                recs.append(dict(sample_id=sid, **base, sample_index=i, prefill_text=p.prompt.prefill_text,
+                                 prefill_tokens=len(p.prompt.prefill_ids), sampling=p.sampling.to_json(),
+                                 cache_key=key))
+            if all(store.records.get(r["sample_id"], {}).get("cache_key") == key for r in recs):
+                result.reused += len(recs)
+                continue
+            pending.setdefault(key, []).append((p, recs))
+            requests[key] = GenRequest(p.prompt.prompt_ids, p.sampling)
     if not pending:
         return
     cached = gen_cache.get_many(pending)
@@ -187,17 +187,6 @@ def _records(pending: dict[str, list[tuple[PlannedSample, list[dict]]]], complet
                 out.append(dict(rec, completion=comp.text, completion_tokens=len(comp.token_ids),
                                 finish_reason=comp.finish_reason, skipped=None, verdicts={}))
     return out
-
-
-def _judge_missing(store: RunStore, judges: list, progress: bool) -> None:
-    for judge in judges:
-        todo = [r for r in store.records.values() if not r.get("skipped") and judge.name not in r["verdicts"]]
-        if not todo:
-            continue
-        inputs = [JudgeInput(r["prompt"], r["completion"], r.get("prefill_text", ""), r.get("category", ""))
-                  for r in tqdm(todo, desc=f"judge {judge.name}", disable=not progress or len(todo) < 1000)]
-        for rec, verdict in zip(todo, judge.judge(inputs)):
-            rec["verdicts"][judge.name] = verdict.to_json()
 
 
 def _now() -> str:

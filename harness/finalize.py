@@ -1,0 +1,51 @@
+"""After generation: run judges on unjudged samples, compact, write summary tables.
+
+Shared by `harness run` and by re-judging a finished run (`harness judge`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from harness.store import SUMMARY, RunStore
+from harness.summary import summarize
+from judges.base import Judge, JudgeInput
+
+
+def judge_missing(store: RunStore, judges: Sequence[Judge], progress: bool = True, force: bool = False) -> int:
+    """Give every generated sample a verdict from each judge; returns verdicts added."""
+    added = 0
+    for judge in judges:
+        todo = [r for r in store.records.values() if r.get("kind", "attack") == "attack"
+                and not r.get("skipped") and (force or judge.name not in r["verdicts"])]
+        if not todo:
+            continue
+        inputs = [JudgeInput(r["prompt"], r["completion"], r.get("prefill_text", ""), r.get("category", ""))
+                  for r in tqdm(todo, desc=f"judge {judge.name}", disable=not progress or len(todo) < 1000)]
+        for rec, verdict in zip(todo, judge.judge(inputs)):
+            rec["verdicts"][judge.name] = verdict.to_json()
+        added += len(todo)
+    return added
+
+
+def score_utility(store: RunStore, tasks: Sequence[Any]) -> None:
+    """Give every utility record its task's metrics (once)."""
+    for task in tasks:
+        todo = [r for r in store.records.values() if r.get("kind") == "utility" and r["attack"] == task.label
+                and not r.get("skipped") and "metrics" not in r]
+        for rec, metrics in zip(todo, task.score(todo) if todo else []):
+            rec["metrics"] = metrics
+
+
+def finalize(store: RunStore, judges: Sequence[Judge], progress: bool = True, force: bool = False,
+             utility_tasks: Sequence[Any] = ()) -> pd.DataFrame:
+    """Judge, score utility, compact samples.jsonl, and write summary.csv; returns the summary."""
+    judge_missing(store, judges, progress, force)
+    score_utility(store, utility_tasks)
+    store.compact()
+    summary = summarize(r for r in store.records.values() if r.get("kind", "attack") == "attack")
+    summary.to_csv(store.dir / SUMMARY, index=False)
+    return summary
