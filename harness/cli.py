@@ -12,14 +12,18 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 # Modules with `add_commands(subparsers)`; each registers its own sub-commands.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["harness.training.cli"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.recipes import load_recipe
+    from harness.recipes import load_recipe, read_recipe_kind
     from harness.runner import run_recipe
     from harness.summary import print_tables
 
+    if read_recipe_kind(args.recipe) == "train":
+        from harness.training.registry import run_train_recipe
+
+        return run_train_recipe(args)
     recipe = load_recipe(args.recipe, args.set)
     result = run_recipe(recipe, out_dir=args.out, run_id=args.run_id, limit=args.limit)
     print_tables(result.summary)

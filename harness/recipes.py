@@ -186,6 +186,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def read_recipe_kind(path: str | Path) -> str:
+    """"train" for training recipes (``kind: train``), else "eval"."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return "eval"  # load_recipe reports the problem with its location
+    return "train" if isinstance(raw, dict) and raw.get("kind") == "train" else "eval"
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     import attacks  # noqa: F401  (register attack configs)
     import judges  # noqa: F401  (register judge configs)

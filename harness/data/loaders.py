@@ -53,6 +53,12 @@ def load_harmful_train(cfg: DatasetConfig) -> list[Example]:
     return _bundled(cfg, "harmful_train.jsonl", "htrain")
 
 
+@DATASET_FORMATS.register("benign-train")
+def load_benign_train(cfg: DatasetConfig) -> list[Example]:
+    """Bundled benign instructions with responses (utility anchors); disjoint from evaluation."""
+    return _bundled(cfg, "benign_train.jsonl", "btrain")
+
+
 @DATASET_FORMATS.register("jsonl")
 def load_jsonl(cfg: DatasetConfig) -> list[Example]:
     """Generic JSONL/JSON; `columns` maps Example fields to keys (dots index nested JSON)."""

@@ -1,0 +1,139 @@
+"""Training data: safety-recovery triples (x, h, r), utility anchors, and batches.
+
+Every micro-batch is a pure function of (seed, step, micro-step): examples are drawn
+from a per-epoch permutation and the recovery depths k from a generator seeded by the
+step, so a run resumed from a checkpoint sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from harness.data import Example, load_dataset
+from harness.data.base import DatasetConfig
+from harness.errors import DataError
+from harness.prompts import PromptBuilder
+from harness.training.losses import IGNORE, sample_recovery_depth
+
+
+@dataclass
+class TrainPair:
+    """One tokenized training example: chat prompt, optional harmful response, target."""
+
+    id: str
+    prompt: str
+    target: str
+    harmful: str = ""
+    prompt_ids: tuple[int, ...] = ()
+    harmful_ids: tuple[int, ...] = ()
+    target_ids: tuple[int, ...] = ()  # ends with EOS
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("prompt_ids", "harmful_ids", "target_ids"):
+            d[k] = list(d[k])
+        return d
+
+
+def build_pairs(examples: Sequence[Example], builder: PromptBuilder, target: str, eos_id: int,
+                with_harmful: bool, source: str) -> list[TrainPair]:
+    """Tokenize examples; a missing target/harmful field names the dataset and example id."""
+    pairs = []
+    for ex in examples:
+        tgt = getattr(ex, target)
+        if not tgt:
+            raise DataError(f"{source}: example {ex.id!r} has no {target!r} (needed as the training target)")
+        harmful = (ex.response or "") if with_harmful else ""
+        if with_harmful and not harmful:
+            raise DataError(f"{source}: example {ex.id!r} has no 'response' (the harmful h of an (x, h, r) triple)")
+        pairs.append(TrainPair(
+            id=ex.id, prompt=ex.prompt, target=tgt, harmful=harmful,
+            prompt_ids=tuple(builder.chat_ids(ex.prompt)),
+            harmful_ids=tuple(builder.encode(harmful)) if harmful else (),
+            target_ids=tuple(builder.encode(tgt)) + (eos_id,),
+        ))
+    return pairs
+
+
+def load_examples(cfg: DatasetConfig) -> list[Example]:
+    return load_dataset(cfg)
+
+
+def assert_disjoint(train: Sequence[Example], evaluation: Sequence[Example], what: str) -> None:
+    """Training prompts must never be evaluation prompts (normalised exact match)."""
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    seen = {norm(e.prompt): e.id for e in evaluation}
+    clash = [(t.id, seen[norm(t.prompt)]) for t in train if norm(t.prompt) in seen]
+    if clash:
+        raise DataError(f"{what}: training prompts overlap evaluation prompts: {clash[:5]}")
+
+
+class Batcher:
+    """Deterministic micro-batches mixing main (safety) and anchor (utility) pairs."""
+
+    def __init__(self, main: list[TrainPair], anchor: list[TrainPair], batch_size: int, anchor_batch_size: int,
+                 max_length: int, pad_id: int, seed: int, augment: bool = False, p_zero: float = 0.5,
+                 max_k: int = 100) -> None:
+        if not main:
+            raise DataError("no training examples")
+        self.main, self.anchor = main, anchor
+        self.batch_size = batch_size
+        self.anchor_batch_size = anchor_batch_size if anchor else 0
+        self.max_length, self.pad_id, self.seed = max_length, pad_id, seed
+        self.augment, self.p_zero, self.max_k = augment, p_zero, max_k
+
+    def _draw(self, n_items: int, per_batch: int, index: int, salt: int) -> list[int]:
+        """Items for micro-batch ``index``: consecutive slots of per-epoch permutations."""
+        out = []
+        for slot in range(index * per_batch, (index + 1) * per_batch):
+            epoch, pos = divmod(slot, n_items)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + salt)
+            out.append(int(torch.randperm(n_items, generator=g)[pos]))
+        return out
+
+    def micro_batch(self, index: int) -> dict[str, torch.Tensor]:
+        """Tensors for global micro-batch ``index``: input_ids, attention_mask, labels,
+        is_anchor (B,), example (B,) index into main/anchor, depth (B,) harmful tokens used."""
+        main_idx = self._draw(len(self.main), self.batch_size, index, salt=1)
+        anchor_idx = self._draw(len(self.anchor), self.anchor_batch_size, index, salt=2) if self.anchor_batch_size else []
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        pairs = [self.main[i] for i in main_idx]
+        if self.augment:
+            lengths = torch.tensor([len(p.harmful_ids) for p in pairs])
+            depths = sample_recovery_depth(lengths, g, self.p_zero, self.max_k).tolist()
+        else:
+            depths = [0] * len(pairs)
+        seqs = [(p.prompt_ids + p.harmful_ids[:k], p.target_ids) for p, k in zip(pairs, depths)]
+        seqs += [(self.anchor[i].prompt_ids, self.anchor[i].target_ids) for i in anchor_idx]
+        batch = collate(seqs, self.max_length, self.pad_id)
+        batch["is_anchor"] = torch.tensor([False] * len(pairs) + [True] * len(anchor_idx))
+        batch["example"] = torch.tensor(main_idx + anchor_idx)
+        batch["depth"] = torch.tensor(depths + [0] * len(anchor_idx))
+        return batch
+
+
+def collate(seqs: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """(context, target) id pairs -> right-padded tensors; loss only on target tokens.
+    Sequences longer than ``max_length`` lose their tail, never their context."""
+    rows = [(list(c) + list(t))[:max_length] for c, t in seqs]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ((ctx, _), row) in enumerate(zip(seqs, rows)):
+        ids[i, :len(row)] = torch.tensor(row)
+        attn[i, :len(row)] = 1
+        labels[i, len(ctx):len(row)] = torch.tensor(row[len(ctx):], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+def save_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -1,0 +1,121 @@
+"""Training objectives as pure, batch-vectorised tensor functions (TRL style).
+
+Shapes: ``B`` sequences, ``T`` positions, ``V`` vocabulary. ``labels`` use -100 for
+positions that are not supervised (prompt, harmful prefix, padding); logits and labels
+are aligned the usual causal way (logits at t predict labels at t+1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the last logit and the first label so position t predicts token t+1."""
+    return logits[:, :-1, :], labels[:, 1:]
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y_t | y_<t) for every supervised token.
+
+    Returns ``(logp, mask)``, both (B, T-1); ``logp`` is 0 where ``mask`` is False.
+    Uses cross_entropy (fused log-softmax + gather) so no (B, T, V) log-prob tensor is kept.
+    """
+    logits, labels = shift(logits, labels)
+    mask = labels != IGNORE
+    safe = labels.masked_fill(~mask, 0)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # log-softmax in fp32 for stability
+        logits = logits.float()
+    logp = -F.cross_entropy(logits.transpose(1, 2), safe, reduction="none")
+    return logp * mask, mask
+
+
+def response_positions(mask: torch.Tensor) -> torch.Tensor:
+    """1-based index t of each supervised token within its sequence's response (0 elsewhere)."""
+    return torch.cumsum(mask.long(), dim=1) * mask
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Standard SFT: mean over supervised tokens of −log π_θ(y_t | x, y_<t)."""
+    logp, mask = token_logprobs(logits, labels)
+    return -(logp.sum() / mask.sum().clamp(min=1))
+
+
+def beta_schedule(
+    positions: torch.Tensor,
+    beta: float = 0.1,
+    bias_factor: float = 20.0,
+    first_token_bias_factor: float = 5.0,
+    bias_length: int = 5,
+) -> torch.Tensor:
+    """Token-wise β_t of the official code: β·first_token_bias_factor at t=1,
+    β·bias_factor for 2 ≤ t ≤ bias_length, β after. Defaults: 0.5, 2, 0.1.
+
+    ``positions`` are 1-based response positions (0 = not a response token; β is
+    returned there too but is masked out by the loss).
+    """
+    betas = torch.full(positions.shape, beta, dtype=torch.float32, device=positions.device)
+    betas = torch.where((positions >= 1) & (positions <= bias_length), beta * bias_factor, betas)
+    if bias_length > 0:
+        betas = torch.where(positions == 1, beta * first_token_bias_factor, betas)
+    return betas
+
+
+def constrained_loss(
+    logp_policy: torch.Tensor,
+    logp_ref: torch.Tensor,
+    betas: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Token-wise constrained fine-tuning objective (Qi et al. 2025, Eqn. 3):
+
+        L = (1/N) Σ_{b,t: mask} (2/β_t) · softplus(β_t · Δ_t),
+        Δ_t = log π_ref(y_t | x, y_<t) − log π_θ(y_t | x, y_<t),   N = Σ mask.
+
+    Its gradient is the paper's closed form (Appendix D.2):
+
+        ∇L = −(1/N) Σ 2·σ(β_t Δ_t) · ∇ log π_θ(y_t | …),
+
+    i.e. cross-entropy reweighted per token: where π_θ has already moved far above
+    π_ref (Δ ≪ 0) the weight → 0, so early tokens, with large β_t, cannot drift far from
+    the aligned model. As β → 0 the weight → 1 and the loss becomes plain SFT (up to a
+    constant). softplus is computed stably by torch for any Δ.
+    """
+    delta = logp_ref - logp_policy
+    per_token = (2.0 / betas) * F.softplus(betas * delta)
+    per_token = per_token * mask
+    return per_token.sum() / mask.sum().clamp(min=1)
+
+
+def sample_recovery_depth(
+    harmful_lengths: torch.Tensor,
+    generator: torch.Generator | None = None,
+    p_zero: float = 0.5,
+    max_k: int = 100,
+) -> torch.Tensor:
+    """Harmful-prefix depth k for each safety-recovery example (vectorised).
+
+    k = 0 with probability ``p_zero``; otherwise k ~ Uniform{1, …, min(max_k, |h|)}, as
+    in the official code (``randint(1, min(100, len(h)))``). A row with |h| = 0 gets k = 0.
+    """
+    n = harmful_lengths.shape[0]
+    cap = harmful_lengths.clamp(max=max_k)
+    u = torch.rand(n, generator=generator)
+    zero = torch.rand(n, generator=generator) < p_zero
+    k = 1 + torch.floor(u * cap.float()).long()  # uniform on 1..cap
+    return torch.where(zero | (cap == 0), torch.zeros_like(k), torch.minimum(k, cap))
+
+
+def loss_by_position(logp: torch.Tensor, mask: torch.Tensor, max_position: int = 64) -> torch.Tensor:
+    """Mean −log π per response position t = 1..max_position (NaN where no token): the
+    per-position diagnostic the trainer logs, to see *where* a model's behaviour moves."""
+    pos = response_positions(mask).clamp(max=max_position + 1)
+    nll = (-logp * mask).flatten()
+    idx = pos.flatten()
+    sums = torch.zeros(max_position + 2, dtype=nll.dtype, device=nll.device).index_add_(0, idx, nll.detach())
+    counts = torch.zeros_like(sums).index_add_(0, idx, mask.flatten().to(nll.dtype))
+    out = sums / counts
+    return out[1:max_position + 1]

@@ -1,0 +1,154 @@
+"""Build trained models on demand, cached by the content of what made them.
+
+A model is named ``<training recipe>#<model name>`` (e.g. ``recipes/align.yaml#smollm2-deep``).
+Its folder is ``<cache>/trained/<name>-<key>/`` where ``key`` hashes the model's training
+spec, the effective training settings, the base model's fingerprint, the training data
+and the anchor responses, so editing any of them builds a new model and an unchanged
+recipe reuses the old one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.data.base import Example
+from harness.errors import RecipeError
+from harness.models import ResolvedModel, cache_dir, resolve_model
+from harness.prompts import PromptBuilder
+from harness.training.config import TrainModelSpec, TrainRecipe, content_key, load_train_recipe
+from harness.training.data import TrainPair, assert_disjoint, build_pairs, load_examples, save_jsonl
+
+TRAINING_CODE_VERSION = 1  # bump when a change to the trainer changes what a recipe builds
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _examples_key(examples: list[Example]) -> str:
+    return content_key([(e.id, e.prompt, e.response, e.refusal, e.target) for e in examples])
+
+
+def _recipe_path(path: str) -> Path:
+    p = Path(path)
+    for candidate in (p, ROOT / p):
+        if candidate.is_file():
+            return candidate
+    raise RecipeError(f"training recipe {path!r} not found (looked in . and {ROOT})")
+
+
+def anchor_pairs(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel, builder: PromptBuilder,
+                 eos_id: int, progress: bool = True) -> list[TrainPair]:
+    """Utility anchors; with ``responses: self`` the base model writes them (cached)."""
+    if spec.anchor is None:
+        return []
+    examples = load_examples(spec.anchor)
+    if spec.anchor.responses == "self":
+        key = content_key({"base": base.fingerprint, "data": _examples_key(examples), "max_tokens": spec.anchor.max_tokens,
+                           "system": recipe.system_prompt})
+        path = cache_dir() / "anchors" / f"{spec.anchor.label}-{key}.jsonl"
+        if path.exists():
+            responses = [json.loads(line)["response"] for line in path.read_text().splitlines()]
+        else:
+            from harness.synth import generate_responses
+
+            responses = generate_responses(base, [e.prompt for e in examples], recipe.engine, spec.anchor.max_tokens,
+                                           system_prompt=recipe.system_prompt, progress=progress)
+            save_jsonl(path, [{"id": e.id, "prompt": e.prompt, "response": r} for e, r in zip(examples, responses)])
+        examples = [Example(e.id, e.prompt, e.category, response=r) for e, r in zip(examples, responses) if r]
+    return build_pairs(examples, builder, "response", eos_id, with_harmful=False, source=spec.anchor.label)
+
+
+def model_key(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel) -> str:
+    main = load_examples(spec.data)
+    anchor = load_examples(spec.anchor) if spec.anchor else []
+    return content_key({
+        "spec": spec.model_dump(mode="json", exclude={"training"}),
+        "settings": recipe.settings_for(spec).model_dump(mode="json"),
+        "system_prompt": recipe.system_prompt,
+        "base": base.fingerprint,
+        "data": _examples_key(main),
+        "anchor": _examples_key(anchor),
+        "code": TRAINING_CODE_VERSION,
+    })
+
+
+def build_model(recipe: TrainRecipe, spec: TrainModelSpec, recipe_path: Path | None = None,
+                progress: bool = True, force: bool = False) -> ResolvedModel:
+    """Train ``spec`` unless a finished build with the same key is cached; resumes a partial one."""
+    from transformers import AutoTokenizer
+
+    from harness.data.base import DatasetConfig
+    from harness.training.trainer import Trainer
+
+    base = resolve_model(recipe.base)
+    key = model_key(recipe, spec, base)
+    work = cache_dir() / "trained" / f"{spec.name}-{key}"
+    done = work / "provenance.json"
+    if done.exists() and not force:
+        return _resolved(recipe, spec, work)
+    if force and done.exists():
+        done.unlink()
+    assert_disjoint(load_examples(spec.data), load_examples(DatasetConfig(format="demo")), f"{spec.name}: data")
+    tok = AutoTokenizer.from_pretrained(base.path)
+    builder = PromptBuilder(tok, recipe.system_prompt)
+    anchors = anchor_pairs(recipe, spec, base, builder, tok.eos_token_id, progress)
+    if progress:
+        print(f"building {spec.name} ({spec.objective}) from {recipe.base} into {work}")
+    Trainer(recipe, spec, base, work, anchors, progress).train()
+    provenance = {
+        "name": spec.name, "key": key, "recipe": str(recipe_path) if recipe_path else None,
+        "recipe_name": recipe.name, "base": base.to_json(), "spec": spec.model_dump(mode="json"),
+        "settings": recipe.settings_for(spec).model_dump(mode="json"),
+        "data": {"main": spec.data.model_dump(mode="json"), "main_file": "train_data.jsonl",
+                 "anchor": spec.anchor.model_dump(mode="json") if spec.anchor else None,
+                 "anchor_file": "anchor_data.jsonl"},
+        "code_version": TRAINING_CODE_VERSION,
+    }
+    (work / "model" / "harness_provenance.json").write_text(json.dumps(provenance, indent=2))
+    done.write_text(json.dumps(provenance, indent=2))
+    return _resolved(recipe, spec, work)
+
+
+def _resolved(recipe: TrainRecipe, spec: TrainModelSpec, work: Path) -> ResolvedModel:
+    m = resolve_model(str(work / "model"))
+    return ResolvedModel(spec=f"{recipe.name}#{spec.name}", path=m.path, source="trained", fingerprint=m.fingerprint)
+
+
+def build_all(recipe_path: str | Path, names: list[str] | None = None, progress: bool = True,
+              force: bool = False) -> dict[str, ResolvedModel]:
+    path = _recipe_path(str(recipe_path))
+    recipe = load_train_recipe(path)
+    specs = [recipe.model(n) for n in names] if names else recipe.models
+    return {s.name: build_model(recipe, s, path, progress, force) for s in specs}
+
+
+def resolve_trained(ref: str) -> ResolvedModel:
+    """``recipes/align.yaml#smollm2-deep`` -> the built model (building it if missing)."""
+    path, sep, name = ref.partition("#")
+    if not sep or not name:
+        raise RecipeError(f"train: {ref!r} should look like 'recipes/align.yaml#model-name'")
+    return build_all(path, [name])[name]
+
+
+def run_train_recipe(args) -> int:
+    """`harness run` on a training recipe: build every model, then run its `evaluate:` body
+    (if any) over the base and the built models."""
+    from harness.recipes import recipe_from_dict
+    from harness.runner import run_recipe
+    from harness.summary import print_tables
+
+    path = _recipe_path(args.recipe)
+    recipe = load_train_recipe(path)
+    built = build_all(path)
+    for name, m in built.items():
+        print(f"{name}: {m.path}")
+    if not recipe.evaluate:
+        return 0
+    body = dict(recipe.evaluate)
+    body.setdefault("name", recipe.name)
+    body.setdefault("models", [{"name": "base", "spec": recipe.base}]
+                    + [{"name": n, "train": f"{path}#{n}"} for n in built])
+    evaluation = recipe_from_dict(body, f"{path}: evaluate")
+    result = run_recipe(evaluation, out_dir=args.out, run_id=args.run_id, limit=args.limit)
+    print_tables(result.summary)
+    print(f"\n{result.run_dir}")
+    return 0

@@ -1,0 +1,245 @@
+"""Fine-tuning loop on HF accelerate: SFT, safety-recovery augmentation, constrained loss.
+
+Single process on CPU or one GPU as is; ``accelerate launch`` (FSDP, DeepSpeed, multi-GPU)
+scales the same loop, since all device placement, mixed precision, gradient accumulation
+and checkpoint state go through the Accelerator.
+
+Output: a plain HF model folder (LoRA merged), with ``provenance.json``, the training data
+as JSONL, ``train_log.jsonl`` (loss, and loss by token position, per step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.models import ResolvedModel
+from harness.prompts import PromptBuilder
+from harness.training.config import TrainModelSpec, TrainRecipe, TrainSettings
+from harness.training.data import Batcher, TrainPair, build_pairs, load_examples, save_jsonl
+from harness.training.losses import (
+    beta_schedule,
+    constrained_loss,
+    loss_by_position,
+    response_positions,
+    token_logprobs,
+)
+
+LOG_POSITIONS = 16
+
+
+def _lr_lambda(settings: TrainSettings):
+    def f(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        if settings.scheduler == "constant":
+            return 1.0
+        progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+        if settings.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def reference_logprobs(model: torch.nn.Module, pairs: list[TrainPair], max_length: int, pad_id: int,
+                       batch_size: int = 8, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """log π_ref(y_t) of every target token of every pair, computed once before training."""
+    from harness.training.data import collate
+
+    out: list[torch.Tensor] = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            b = collate([(p.prompt_ids, p.target_ids) for p in chunk], max_length, pad_id)
+            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+            logp, mask = token_logprobs(logits, b["labels"].to(device))
+            out.extend(logp[r][mask[r]].float().cpu() for r in range(len(chunk)))
+    return out
+
+
+class Trainer:
+    def __init__(self, recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel, work_dir: Path,
+                 anchor_pairs: list[TrainPair] | None = None, progress: bool = True) -> None:
+        self.recipe, self.spec, self.base = recipe, spec, base
+        self.settings = recipe.settings_for(spec)
+        self.work_dir = work_dir
+        self.progress = progress
+        self.anchor_pairs = anchor_pairs or []
+
+    # -- set-up ------------------------------------------------------------------------
+    def _model_and_tokenizer(self):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.base.path)
+        model = AutoModelForCausalLM.from_pretrained(self.base.path, dtype=torch.float32)
+        if self.settings.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            lora = self.settings.lora
+            model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                     target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        return model, tok
+
+    def _accelerator(self):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        mp = self.settings.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        set_seed(self.settings.seed)
+        return Accelerator(gradient_accumulation_steps=self.settings.grad_accum, mixed_precision=mp,
+                           cpu=not torch.cuda.is_available())
+
+    # -- the loop ----------------------------------------------------------------------
+    def train(self, stop_after: int | None = None) -> Path | None:
+        """Train into ``work_dir`` (resuming from its latest checkpoint); returns the model folder.
+
+        ``stop_after`` ends this call after that many steps, checkpointed (time-boxed
+        runs; tests of resume); it returns None then."""
+        s, spec = self.settings, self.spec
+        acc = self._accelerator()
+        model, tok = self._model_and_tokenizer()
+        eos = tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        builder = PromptBuilder(tok, self.recipe.system_prompt)
+        main = build_pairs(load_examples(spec.data), builder, spec.target, eos,
+                           with_harmful=spec.objective == "augmented", source=spec.data.label)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        save_jsonl(self.work_dir / "train_data.jsonl", [p.to_json() | {"role": "main"} for p in main])
+        save_jsonl(self.work_dir / "anchor_data.jsonl", [p.to_json() | {"role": "anchor"} for p in self.anchor_pairs])
+
+        ref: list[torch.Tensor] | None = None
+        if spec.objective == "constrained":
+            ref_path = self.work_dir / "ref_logprobs.pt"
+            if ref_path.exists():
+                ref = torch.load(ref_path)
+            else:
+                model.to(acc.device)
+                ref = reference_logprobs(model, main, s.max_length, pad, device=acc.device)
+                torch.save(ref, ref_path)
+
+        batcher = Batcher(main, self.anchor_pairs, s.batch_size, s.anchor_batch_size, s.max_length, pad, s.seed,
+                          augment=spec.objective == "augmented", p_zero=spec.augmentation.p_zero,
+                          max_k=spec.augmentation.max_k)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(s))
+        model, opt, sched = acc.prepare(model, opt, sched)
+        start = self._resume(acc)
+        log_path = self.work_dir / "train_log.jsonl"
+        _truncate_log(log_path, start)
+        model.train()
+        bar = tqdm(total=s.steps, initial=start, desc=f"train {spec.name}", unit="step", disable=not self.progress)
+        with open(log_path, "a", encoding="utf-8") as log:
+            for step in range(start, s.steps):
+                t0 = time.time()
+                stats: dict[str, Any] = {}
+                for micro in range(s.grad_accum):
+                    batch = {k: v.to(acc.device) for k, v in batcher.micro_batch(step * s.grad_accum + micro).items()}
+                    with acc.accumulate(model):
+                        loss, stats = self._loss(model, batch, ref)
+                        acc.backward(loss)
+                        if acc.sync_gradients:
+                            acc.clip_grad_norm_(params, s.max_grad_norm)
+                        opt.step()
+                        sched.step()
+                        opt.zero_grad()
+                record = {"step": step + 1, "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 3), **stats}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{stats['loss']:.3f}")
+                bar.update(1)
+                if (step + 1) % s.checkpoint_every == 0 and step + 1 < s.steps:
+                    self._checkpoint(acc, step + 1)
+                if stop_after is not None and step + 1 - start >= stop_after and step + 1 < s.steps:
+                    self._checkpoint(acc, step + 1)
+                    bar.close()
+                    return None
+        bar.close()
+        return self._save(acc, model, tok, main)
+
+    def _loss(self, model, batch: dict[str, torch.Tensor], ref: list[torch.Tensor] | None):
+        """(1−α)·main + α·anchor, each a token mean; per-position NLL of the main rows for the log."""
+        spec = self.spec
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp, mask = token_logprobs(logits, batch["labels"])
+        anchor_rows = batch["is_anchor"][:, None]
+        main_mask, anchor_mask = mask & ~anchor_rows, mask & anchor_rows
+        if spec.objective == "constrained":
+            c = spec.constraint
+            main_rows = (~batch["is_anchor"]).nonzero().flatten().tolist()
+            logp_ref = torch.zeros_like(logp)
+            # row-major order of main_mask matches the concatenation of the rows' ref vectors
+            ref_vals = torch.cat([ref[int(batch["example"][r])][: int(main_mask[r].sum())] for r in main_rows])
+            logp_ref[main_mask] = ref_vals.to(logp.device, logp.dtype)
+            betas = beta_schedule(response_positions(main_mask), c.beta, c.bias_factor, c.first_token_bias_factor,
+                                  c.bias_length)
+            main_loss = constrained_loss(logp, logp_ref, betas, main_mask)
+        else:
+            main_loss = -(logp * main_mask).sum() / main_mask.sum().clamp(min=1)
+        if anchor_mask.any():
+            anchor_loss = -(logp * anchor_mask).sum() / anchor_mask.sum()
+            loss = (1 - spec.anchor_weight) * main_loss + spec.anchor_weight * anchor_loss
+        else:
+            anchor_loss = torch.tensor(float("nan"))
+            loss = main_loss
+        by_pos = loss_by_position(logp.detach(), main_mask, LOG_POSITIONS)
+        stats = {"loss": float(loss.detach()), "main_loss": float(main_loss.detach()),
+                 "anchor_loss": float(anchor_loss.detach()),
+                 "mean_depth": float(batch["depth"][~batch["is_anchor"]].float().mean()),
+                 "nll_by_position": [None if math.isnan(x) else round(x, 4) for x in by_pos.tolist()]}
+        return loss, stats
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _checkpoint(self, acc, step: int) -> None:
+        ckpt = self.work_dir / "checkpoints" / f"step-{step:06d}"
+        acc.save_state(str(ckpt))
+        (ckpt / "harness_step.json").write_text(json.dumps({"step": step}))
+        for old in sorted((self.work_dir / "checkpoints").glob("step-*"))[:-1]:  # keep the latest only
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _resume(self, acc) -> int:
+        ckpts = sorted((self.work_dir / "checkpoints").glob("step-*")) if (self.work_dir / "checkpoints").exists() else []
+        ckpts = [c for c in ckpts if (c / "harness_step.json").exists()]
+        if not ckpts:
+            return 0
+        acc.load_state(str(ckpts[-1]))
+        step = json.loads((ckpts[-1] / "harness_step.json").read_text())["step"]
+        if self.progress:
+            print(f"resuming {self.spec.name} from {ckpts[-1].name}")
+        return step
+
+    def _save(self, acc, model, tok, main: list[TrainPair]) -> Path:
+        acc.wait_for_everyone()
+        unwrapped = acc.unwrap_model(model)
+        if self.settings.lora is not None:
+            unwrapped = unwrapped.merge_and_unload()
+        final = self.work_dir / "model"
+        tmp = self.work_dir / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if acc.is_main_process:
+            unwrapped.save_pretrained(tmp, state_dict=acc.get_state_dict(model) if self.settings.lora is None else None)
+            tok.save_pretrained(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        return final
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines after ``step`` (they belong to work lost since the last checkpoint)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+

@@ -1,0 +1,232 @@
+"""Training: loss maths, recovery-depth sampling and masking, tiny end-to-end runs, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.data import load_dataset
+from harness.data.base import DatasetConfig
+from harness.training.config import TrainRecipe
+from harness.training.data import Batcher, TrainPair, collate
+from harness.training.losses import (
+    IGNORE,
+    beta_schedule,
+    constrained_loss,
+    loss_by_position,
+    response_positions,
+    sample_recovery_depth,
+    sft_loss,
+    token_logprobs,
+)
+
+
+def test_beta_schedule_matches_official_defaults():
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]])
+    assert beta_schedule(pos)[0, 1:].tolist() == pytest.approx([0.5, 2, 2, 2, 2, 0.1, 0.1])
+
+
+def _random_case(seed=0, B=3, T=9, V=11):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[:, :3] = IGNORE  # prompt
+    labels[1, 7:] = IGNORE  # padding
+    logp_ref = -torch.rand(B, T - 1, generator=g, dtype=torch.float64) * 4
+    return logits, labels, logp_ref
+
+
+def test_constrained_gradient_equals_closed_form_and_per_token():
+    logits, labels, logp_ref = _random_case()
+    logp, mask = token_logprobs(logits, labels)
+    betas = beta_schedule(response_positions(mask)).double()
+    loss = constrained_loss(logp, logp_ref * mask, betas, mask)
+    (g_auto,) = torch.autograd.grad(loss, logits, retain_graph=True)
+
+    # closed form: ∇L = −(1/N) Σ 2σ(β_t Δ_t) ∇log π_θ(y_t)  — a reweighted cross-entropy
+    delta = (logp_ref * mask - logp).detach()
+    weights = (2 * torch.sigmoid(betas * delta) * mask / mask.sum()).detach()
+    (g_closed,) = torch.autograd.grad(-(weights * logp).sum(), logits)
+    assert torch.allclose(g_auto, g_closed, atol=1e-6, rtol=0)
+
+    # direct per-token computation of the loss value, one token at a time
+    total, n = 0.0, 0
+    lp = F.log_softmax(logits.detach(), -1)
+    for b in range(labels.shape[0]):
+        t_in_response = 0
+        for t in range(1, labels.shape[1]):
+            if labels[b, t] == IGNORE:
+                continue
+            t_in_response += 1
+            beta = 0.5 if t_in_response == 1 else 2.0 if t_in_response <= 5 else 0.1
+            d = float(logp_ref[b, t - 1]) - float(lp[b, t - 1, labels[b, t]])
+            total += (2 / beta) * math.log1p(math.exp(beta * d))
+            n += 1
+    assert float(loss.detach()) == pytest.approx(total / n, abs=1e-6)
+
+
+def test_constrained_loss_tends_to_sft_as_beta_vanishes():
+    logits, labels, logp_ref = _random_case(seed=1)
+    logp, mask = token_logprobs(logits, labels)
+    tiny = torch.full_like(logp, 1e-7)
+    (g_c,) = torch.autograd.grad(constrained_loss(logp, logp_ref * mask, tiny, mask), logits)
+    (g_s,) = torch.autograd.grad(sft_loss(logits, labels), logits)
+    assert torch.allclose(g_c, g_s, atol=1e-6)
+
+
+def test_token_logprobs_and_positions():
+    logits, labels, _ = _random_case(seed=2)
+    logp, mask = token_logprobs(logits, labels)
+    lp = F.log_softmax(logits.detach(), -1)
+    assert float(logp[0, 4]) == pytest.approx(float(lp[0, 4, labels[0, 5]]))
+    assert response_positions(mask)[0].tolist() == [0, 0, 1, 2, 3, 4, 5, 6]
+    by_pos = loss_by_position(logp.detach(), mask, 8)
+    assert float(by_pos[0]) == pytest.approx(float(-logp[:, 2].mean()))
+    assert math.isnan(float(by_pos[7]))
+
+
+def test_recovery_depth_distribution():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([0, 3, 50, 250] * 5000)
+    k = sample_recovery_depth(lengths, g)
+    assert (k[lengths == 0] == 0).all()
+    assert (k <= lengths.clamp(max=100)).all()
+    for L in (3, 50, 250):
+        kk = k[lengths == L]
+        assert float((kk == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+        nz = kk[kk > 0].float()
+        cap = min(L, 100)
+        assert float(nz.min()) == 1 and float(nz.max()) == cap
+        assert float(nz.mean()) == pytest.approx((1 + cap) / 2, rel=0.05)  # uniform on 1..cap
+
+
+def test_augmented_batches_mask_the_harmful_prefix():
+    main = [TrainPair(f"m{i}", "x", "r", "h", prompt_ids=(1, 2, 3), harmful_ids=tuple(range(100, 100 + 20 + i)),
+                      target_ids=(7, 8, 9, 2)) for i in range(6)]
+    anchor = [TrainPair("a", "q", "y", prompt_ids=(1, 4), target_ids=(5, 6, 2))]
+    b = Batcher(main, anchor, batch_size=4, anchor_batch_size=2, max_length=64, pad_id=0, seed=3, augment=True)
+    batch = b.micro_batch(0)
+    assert batch["is_anchor"].tolist() == [False] * 4 + [True] * 2
+    for row in range(4):
+        k = int(batch["depth"][row])
+        n = 3 + k + 4
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        assert ids[:3].tolist() == [1, 2, 3] and ids[3:3 + k].tolist() == list(range(100, 100 + k))
+        assert ids[3 + k:n].tolist() == [7, 8, 9, 2]
+        assert (labels[:3 + k] == IGNORE).all() and labels[3 + k:n].tolist() == [7, 8, 9, 2]
+        assert (labels[n:] == IGNORE).all() and (batch["attention_mask"][row, n:] == 0).all()
+    again = b.micro_batch(0)
+    assert all(torch.equal(batch[k], again[k]) for k in batch), "batches are a pure function of the index"
+    depths = torch.cat([b.micro_batch(i)["depth"][:4] for i in range(50)])
+    assert 0.3 < float((depths == 0).float().mean()) < 0.7
+
+
+def test_collate_truncates_tail_not_context():
+    out = collate([((1, 2, 3), (4, 5, 6, 7))], max_length=5, pad_id=0)
+    assert out["input_ids"].tolist() == [[1, 2, 3, 4, 5]] and out["labels"].tolist() == [[IGNORE] * 3 + [4, 5]]
+
+
+def test_training_sets_are_disjoint_from_evaluation_sets():
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    train = load_dataset(DatasetConfig(format="harmful-train")) + load_dataset(DatasetConfig(format="benign-train"))
+    assert len(load_dataset(DatasetConfig(format="harmful-train"))) >= 150
+    assert len(load_dataset(DatasetConfig(format="benign-train"))) >= 150
+    evaluation = {norm(e.prompt) for e in load_dataset(DatasetConfig(format="demo"))}
+    from harness.data.base import bundled_path, read_rows
+
+    for name, col in (("utility_demo.jsonl", "instruction"), ("overrefusal_demo.csv", "prompt")):
+        evaluation |= {norm(r[col]) for _, r in read_rows(bundled_path(name))}
+    clash = [e.id for e in train if norm(e.prompt) in evaluation]
+    assert not clash
+
+
+# ---- end to end on a tiny random model -------------------------------------------------
+
+def tiny_train_recipe(tiny_model, objective="augmented", steps=4, **training) -> TrainRecipe:
+    return TrainRecipe.model_validate({
+        "kind": "train", "name": "tiny-align", "base": str(tiny_model),
+        "training": {"steps": steps, "batch_size": 2, "anchor_batch_size": 1, "lr": 1e-3, "max_length": 96,
+                     "checkpoint_every": 2, **training},
+        "models": [{"name": f"tiny-{objective}", "objective": objective,
+                    "data": {"format": "harmful-train", "limit": 6},
+                    "target": "refusal",
+                    "anchor": {"format": "benign-train", "limit": 4, "responses": "dataset"}}],
+    })
+
+
+@pytest.fixture()
+def harness_cache(tmp_path, monkeypatch):
+    """Trained models go to a private cache; converted models stay shared."""
+    from harness.models import cache_dir
+
+    real = cache_dir()
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(real / "models", target_is_directory=True)
+    return tmp_path / "cache"
+
+
+def test_tiny_end_to_end_training_and_cache(tiny_model, harness_cache):
+    from harness.training.registry import build_model
+
+    recipe = tiny_train_recipe(tiny_model)
+    m = build_model(recipe, recipe.models[0], progress=False)
+    assert m.source == "trained" and (m.path / "config.json").is_file()
+    work = m.path.parent
+    log = [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(len(r["nll_by_position"]) == 16 and r["loss"] > 0 for r in log)
+    assert log[-1]["main_loss"] < log[0]["main_loss"]
+    prov = json.loads((work / "provenance.json").read_text())
+    assert prov["data"]["main"]["format"] == "harmful-train" and prov["base"]["fingerprint"]
+    rows = [json.loads(line) for line in (work / "train_data.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and rows[0]["harmful"] and rows[0]["target"]
+    # the engine loads the result like any other model
+    from harness.models import resolve_model
+
+    assert resolve_model(str(m.path)).fingerprint["weights_sha256"] != resolve_model(str(tiny_model)).fingerprint["weights_sha256"]
+    # unchanged recipe: cached; changed recipe content: a new build key
+    mtime = (m.path / "model.safetensors").stat().st_mtime_ns
+    assert build_model(recipe, recipe.models[0], progress=False).path == m.path
+    assert (m.path / "model.safetensors").stat().st_mtime_ns == mtime
+    from harness.training.registry import model_key
+    from harness.models import resolve_model as rm
+
+    other = tiny_train_recipe(tiny_model, lr=5e-4)
+    assert model_key(other, other.models[0], rm(str(tiny_model))) != model_key(recipe, recipe.models[0], rm(str(tiny_model)))
+
+
+def test_resume_from_checkpoint_is_exact(tiny_model, tmp_path):
+    from harness.models import resolve_model
+    from harness.training.trainer import Trainer
+
+    recipe = tiny_train_recipe(tiny_model, objective="constrained", steps=4, checkpoint_every=100)
+    spec = recipe.models[0]
+    base = resolve_model(str(tiny_model))
+    full = Trainer(recipe, spec, base, tmp_path / "full", progress=False).train()
+    part = Trainer(recipe, spec, base, tmp_path / "part", progress=False)
+    assert part.train(stop_after=2) is None
+    assert (tmp_path / "part" / "ref_logprobs.pt").exists()
+    resumed = Trainer(recipe, spec, base, tmp_path / "part", progress=False).train()
+    from safetensors.torch import load_file
+
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    la = [json.loads(x) for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (tmp_path / "part" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lb] == [1, 2, 3, 4]
+    assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], abs=1e-6)
+
+
+def test_lora_training_merges_into_plain_folder(tiny_model, tmp_path):
+    from harness.models import resolve_model
+    from harness.training.trainer import Trainer
+
+    recipe = tiny_train_recipe(tiny_model, objective="sft", steps=2, lora={"r": 4, "alpha": 8})
+    out = Trainer(recipe, recipe.models[0], resolve_model(str(tiny_model)), tmp_path / "lora", progress=False).train()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and not (out / "adapter_config.json").exists()
