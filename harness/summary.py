@@ -82,3 +82,35 @@ def print_tables(summary: pd.DataFrame) -> None:
         skipped = int(part["skipped"].sum())
         if skipped:
             console.print(f"  ({skipped} samples skipped: prefill source shorter than the depth; see samples.jsonl)")
+
+
+def print_scorecard(card: pd.DataFrame) -> None:
+    """The scorecard (scorecard.csv): one row per model, ASR beside over-refusal and utility, ×100."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if card.empty:
+        console.print("no scorecard")
+        return
+    metrics = [c for c in card.columns if c not in ("model", "judge")]
+    asr = [c.split("/", 3)[1:] for c in metrics if c.startswith("asr/")]
+    one_run = len({(d, a) for d, a, _ in asr}) <= 1  # one dataset × attack: label ASR columns by setting only
+
+    def header(col: str) -> str:
+        if col.startswith("asr/"):
+            dataset, attack, setting = col.split("/", 3)[1:]
+            return f"ASR\n{setting}" if one_run else f"ASR {dataset}/{attack}\n{setting}"
+        task, _, metric = col.partition("/")
+        return f"{task}\n{metric}"
+
+    judge = str(card["judge"].iloc[0]) if "judge" in card and len(card) else ""
+    table = Table(title=f"Scorecard ×100 (ASR judge: {judge or '—'}); lower is better for ASR and refused",
+                  title_justify="left")
+    table.add_column("model")
+    for col in metrics:
+        table.add_column(header(col), justify="right")
+    for _, row in card.iterrows():
+        table.add_row(str(row["model"]), *["—" if pd.isna(row[c]) else f"{100 * float(row[c]):.1f}" for c in metrics])
+    console.print(table)
+    console.print("  n and 95% CIs: summary.csv (ASR) and utility.csv (utility) in the run folder")
