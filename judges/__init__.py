@@ -2,5 +2,6 @@
 
 from judges.base import Judge, JudgeInput, Verdict
 from judges import keyword  # noqa: F401  (registers "keyword")
+from judges import llm  # noqa: F401  (registers "llm" and "chain")
 
 __all__ = ["Judge", "JudgeInput", "Verdict"]
