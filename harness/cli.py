@@ -12,7 +12,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 # Modules with `add_commands(subparsers)`; each registers its own sub-commands.
-COMMAND_MODULES: list[str] = ["harness.training.cli"]
+COMMAND_MODULES: list[str] = ["harness.training.cli", "judges.cli"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -27,9 +27,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.set)
     result = run_recipe(recipe, out_dir=args.out, run_id=args.run_id, limit=args.limit)
     print_tables(result.summary)
+    print_scorecard_file(result.run_dir)
     print(f"\n{result.run_dir}: {result.generated} generated, {result.from_cache} from cache, "
           f"{result.reused} reused, {result.skipped} skipped")
     return 0
+
+
+def print_scorecard_file(run_dir: Path) -> None:
+    """ASR beside over-refusal and utility, one row per model (scorecard.csv)."""
+    import pandas as pd
+
+    from harness.summary import print_scorecard
+
+    path = Path(run_dir) / "scorecard.csv"
+    if path.exists():
+        print_scorecard(pd.read_csv(path))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -40,6 +52,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for d in recipe.datasets:
         n = len(load_dataset(d))
         print(f"dataset {d.label}: {n} examples ({d.format})")
+    for t in recipe.utility_tasks:
+        print(f"utility {t.label}: {len(t.load())} examples ({t.type})")
     models = ", ".join(m.name for m in recipe.models)
     attacks = ", ".join(a.label for a in recipe.attack_configs)
     judges = ", ".join(j.label for j in recipe.judge_configs)
@@ -49,16 +63,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     import attacks  # noqa: F401
+    import harness.utility  # noqa: F401
     import judges  # noqa: F401
     from harness.data import DATASET_FORMATS
     from harness.models import known_models
     from harness.recipes import ATTACK_CONFIGS, JUDGE_CONFIGS
+    from harness.utility import UTILITY_TASKS
 
     sections = [
         ("models (aliases; also: an HF folder, a .gguf file, or a hub id org/name[@rev])", known_models()),
         ("datasets (recipe `datasets[].format`)", DATASET_FORMATS.describe()),
         ("attacks (recipe `attacks[].type`)", ATTACK_CONFIGS.describe()),
         ("judges (recipe `judges[].type`)", JUDGE_CONFIGS.describe()),
+        ("utility tasks (recipe `utility[].type`)", UTILITY_TASKS.describe()),
     ]
     for title, items in sections:
         print(title)

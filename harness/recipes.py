@@ -95,8 +95,8 @@ class Recipe(StrictModel):
     seed: int = 0
     system_prompt: str | None = Field(None, description="None keeps the chat template's default")
     models: list[ModelConfig] = Field(min_length=1)
-    datasets: list[DatasetConfig] = Field(min_length=1)
-    attacks: list[Any] = Field(min_length=1)
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    attacks: list[Any] = Field(default_factory=list)
     judges: list[Any] = Field(default_factory=lambda: [{"type": "keyword"}])
     utility: list[Any] = Field(default_factory=list, description="over-refusal and utility tasks, run for every model")
     engine: EngineSettings = Field(default_factory=EngineSettings)
@@ -105,6 +105,10 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Recipe":
+        if not self.attacks and not self.utility:
+            raise ValueError("nothing to run: give `attacks` (with `datasets`) and/or `utility`")
+        if self.attacks and not self.datasets:
+            raise ValueError("`attacks` need `datasets` to attack")
         for what, names in (("models", [m.name for m in self.models]),
                             ("datasets", [d.label for d in self.datasets])):
             dupes = sorted({n for n in names if names.count(n) > 1})

@@ -10,8 +10,10 @@ from harness.prompts import PromptBuilder
 
 
 def generate_responses(model: ResolvedModel, prompts: Sequence[str], engine_settings, max_tokens: int = 160,
-                       seed: int = 0, system_prompt: str | None = None, progress: bool = True) -> list[str]:
-    """Greedy responses of ``model`` to ``prompts`` (chat template applied), in order."""
+                       seed: int = 0, system_prompt: str | None = None,
+                       progress: bool = True) -> list[tuple[str, bool]]:
+    """Greedy responses of ``model`` to ``prompts`` (chat template applied), in order, each
+    with whether it finished (False: cut off at ``max_tokens``)."""
     from transformers import AutoTokenizer
 
     builder = PromptBuilder(AutoTokenizer.from_pretrained(model.path), system_prompt)
@@ -21,4 +23,4 @@ def generate_responses(model: ResolvedModel, prompts: Sequence[str], engine_sett
         outs = engine.generate([GenRequest(builder.build(p).prompt_ids, sampling) for p in prompts], progress=progress)
     finally:
         engine.close()
-    return [o[0].text.strip() for o in outs]
+    return [(o[0].text.strip(), o[0].finish_reason == "stop") for o in outs]

@@ -74,3 +74,16 @@ def test_vllm_sampling_params(tiny_model, tiny_vllm):
     mixed = tiny_vllm.generate([GenRequest(prompts[0], Sampling(max_tokens=3)),
                                 GenRequest(prompts[1], Sampling(max_tokens=5))])
     assert [len(m[0].token_ids) for m in mixed] == [3, 5]
+
+
+def test_data_parallel_engine_matches_single(tiny_model, tiny_hf):
+    """Two HF workers in their own processes (the CPU stand-in for two GPUs): same results, same order."""
+    from harness.engine import make_engine
+    from tests.conftest import tiny_engine_config
+
+    reqs = [GenRequest(p, Sampling(max_tokens=6)) for p in _prompts(tiny_model, 5)]
+    dp = make_engine(tiny_model, tiny_engine_config("hf", data_parallel_size=2))
+    try:
+        assert [c[0].token_ids for c in dp.generate(reqs)] == [c[0].token_ids for c in tiny_hf.generate(reqs)]
+    finally:
+        dp.close()

@@ -11,7 +11,11 @@ BACKENDS = ("vllm", "hf")
 
 
 def make_engine(model_path: Path, config: EngineConfig) -> Engine:
-    """Start an engine of ``config.backend`` on an HF model folder."""
+    """Start an engine of ``config.backend`` on an HF model folder (one per data-parallel rank)."""
+    if config.data_parallel_size > 1:
+        from harness.engine.data_parallel import DataParallelEngine
+
+        return DataParallelEngine(model_path, config)
     if config.backend == "vllm":
         from harness.engine.vllm_backend import VLLMEngine
 

@@ -39,9 +39,8 @@ class VLLMEngine:
 
     def __init__(self, model_path: Path, config: EngineConfig) -> None:
         if config.data_parallel_size > 1:
-            # vLLM's offline LLM refuses data_parallel_size > 1 in one process; one
-            # engine per GPU group is the DataParallelEngine's job.
-            raise RecipeError("engine.data_parallel_size > 1 is handled by DataParallelEngine, not VLLMEngine")
+            # vLLM's offline LLM refuses data_parallel_size > 1 in one process
+            raise RecipeError("engine.data_parallel_size > 1 goes through make_engine (DataParallelEngine)")
         from vllm import LLM
 
         kwargs = dict(

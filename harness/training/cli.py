@@ -28,8 +28,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     engine = EngineSettings(backend=args.backend)
     texts = generate_responses(model, [e.prompt for e in examples], engine, args.max_tokens)
     rows = []
-    for e, t in zip(examples, texts):
-        row = {"id": e.id, "prompt": e.prompt, "category": e.category, args.field: t}
+    for e, (t, finished) in zip(examples, texts):
+        row = {"id": e.id, "prompt": e.prompt, "category": e.category, args.field: t, "finished": finished}
         if e.refusal and args.field != "refusal":
             row["refusal"] = e.refusal
         rows.append(row)

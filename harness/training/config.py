@@ -49,7 +49,7 @@ class TrainSettings(StrictModel):
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(320, ge=16)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, no on CPU")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 where the GPU/CPU supports it natively")
     lora: LoraSettings | None = None
     checkpoint_every: int = Field(10, ge=1)
     seed: int = 0

@@ -55,7 +55,7 @@ def build_pairs(examples: Sequence[Example], builder: PromptBuilder, target: str
             id=ex.id, prompt=ex.prompt, target=tgt, harmful=harmful,
             prompt_ids=tuple(builder.chat_ids(ex.prompt)),
             harmful_ids=tuple(builder.encode(harmful)) if harmful else (),
-            target_ids=tuple(builder.encode(tgt)) + (eos_id,),
+            target_ids=tuple(builder.encode(tgt)) + ((eos_id,) if ex.meta.get("finished", True) else ()),
         ))
     return pairs
 

@@ -29,7 +29,9 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     safe = labels.masked_fill(~mask, 0)
     if logits.dtype in (torch.float16, torch.bfloat16):  # log-softmax in fp32 for stability
         logits = logits.float()
-    logp = -F.cross_entropy(logits.transpose(1, 2), safe, reduction="none")
+    # (B·T, V) rows are contiguous views; a (B, V, T) transpose makes CE ~10x slower on CPU
+    logp = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), safe.reshape(-1), reduction="none")
+    logp = logp.view(safe.shape)
     return logp * mask, mask
 
 

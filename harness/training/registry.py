@@ -46,14 +46,18 @@ def anchor_pairs(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
                            "system": recipe.system_prompt})
         path = cache_dir() / "anchors" / f"{spec.anchor.label}-{key}.jsonl"
         if path.exists():
-            responses = [json.loads(line)["response"] for line in path.read_text().splitlines()]
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            responses = [(r["response"], r["finished"]) for r in rows]
         else:
             from harness.synth import generate_responses
 
             responses = generate_responses(base, [e.prompt for e in examples], recipe.engine, spec.anchor.max_tokens,
                                            system_prompt=recipe.system_prompt, progress=progress)
-            save_jsonl(path, [{"id": e.id, "prompt": e.prompt, "response": r} for e, r in zip(examples, responses)])
-        examples = [Example(e.id, e.prompt, e.category, response=r) for e, r in zip(examples, responses) if r]
+            save_jsonl(path, [{"id": e.id, "prompt": e.prompt, "response": r, "finished": f}
+                              for e, (r, f) in zip(examples, responses)])
+        # a cut-off answer is trained without EOS, so the model never learns to stop mid-sentence
+        examples = [Example(e.id, e.prompt, e.category, response=r, meta={"finished": f})
+                    for e, (r, f) in zip(examples, responses) if r]
     return build_pairs(examples, builder, "response", eos_id, with_harmful=False, source=spec.anchor.label)
 
 
@@ -150,5 +154,8 @@ def run_train_recipe(args) -> int:
     evaluation = recipe_from_dict(body, f"{path}: evaluate")
     result = run_recipe(evaluation, out_dir=args.out, run_id=args.run_id, limit=args.limit)
     print_tables(result.summary)
+    from harness.cli import print_scorecard_file
+
+    print_scorecard_file(result.run_dir)
     print(f"\n{result.run_dir}")
     return 0
