@@ -46,8 +46,12 @@ def print_scorecard_file(run_dir: Path) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from harness.data import load_dataset
-    from harness.recipes import load_recipe
+    from harness.recipes import load_recipe, read_recipe_kind
 
+    if read_recipe_kind(args.recipe) == "train":
+        from harness.training.registry import validate_train_recipe
+
+        return validate_train_recipe(args.recipe)
     recipe = load_recipe(args.recipe, args.set)
     for d in recipe.datasets:
         n = len(load_dataset(d))

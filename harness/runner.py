@@ -100,12 +100,14 @@ def run_recipe(
     manifest = _manifest(recipe, limit)
     store.write_json(MANIFEST, manifest)
     try:
-        for m in recipe.models:
-            resolved = resolver(m)
-            result.models[m.name] = resolved.to_json()
-            manifest["models"][m.name] = resolved.to_json()
-            store.write_json(MANIFEST, manifest)
-            _run_model(recipe, m.name, resolved, datasets, utility, store, gen_cache, pool, result, progress)
+        # Resolve (and, for `train:` models, build) every model before any engine starts:
+        # bad specs fail early, and training never competes with a live engine.
+        resolved = {m.name: resolver(m) for m in recipe.models}
+        for name, model in resolved.items():
+            result.models[name] = manifest["models"][name] = model.to_json()
+        store.write_json(MANIFEST, manifest)
+        for name, model in resolved.items():
+            _run_model(recipe, name, model, datasets, utility, store, gen_cache, pool, result, progress)
         if own_pool:
             pool.close()  # free the target engine before judges that start their own
         result.summary = finalize(store, judges, progress, utility_tasks=recipe.utility_tasks)

@@ -53,11 +53,12 @@ def summarize(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=COLUMNS)
 
 
-def _cell(row: pd.Series) -> str:
+def _cell(row: pd.Series, show_n: bool) -> str:
     if row["n"] == 0:
         return "—"
-    extra = f" u{row['unscored']}" if row["unscored"] else ""
-    return f"{100 * row['asr']:.1f} [{100 * row['ci_low']:.0f}–{100 * row['ci_high']:.0f}] n={row['n']}{extra}"
+    n = f" n={row['n']}" if show_n else ""
+    unscored = f" u{row['unscored']}" if row["unscored"] else ""
+    return f"{100 * row['asr']:.1f} ({100 * row['ci_low']:.0f}–{100 * row['ci_high']:.0f}){n}{unscored}"
 
 
 def print_tables(summary: pd.DataFrame) -> None:
@@ -71,21 +72,28 @@ def print_tables(summary: pd.DataFrame) -> None:
         return
     for (dataset, attack, judge), part in summary.groupby(["dataset", "attack", "judge"], sort=False):
         settings = list(dict.fromkeys(part["setting"]))
-        table = Table(title=f"ASR % [95% CI] — {attack} on {dataset}, judge: {judge}", title_justify="left")
+        ns = set(part["n"])
+        show_n = len(ns) > 1
+        title = f"ASR % (95% CI) — {attack} on {dataset}, judge: {judge}" + ("" if show_n else f", n={ns.pop()} each")
+        table = Table(title=title, title_justify="left")
         table.add_column("model")
         for s in settings:
             table.add_column(s, justify="right")
         for model, mpart in part.groupby("model", sort=False):
-            by_setting = {r["setting"]: _cell(r) for _, r in mpart.iterrows()}
+            by_setting = {r["setting"]: _cell(r, show_n) for _, r in mpart.iterrows()}
             table.add_row(model, *[by_setting.get(s, "") for s in settings])
         console.print(table)
         skipped = int(part["skipped"].sum())
         if skipped:
             console.print(f"  ({skipped} samples skipped: prefill source shorter than the depth; see samples.jsonl)")
+        unscored = int(part["unscored"].sum())
+        if unscored:
+            console.print("  (uN: N unscored samples, excluded from ASR)")
 
 
 def print_scorecard(card: pd.DataFrame) -> None:
-    """The scorecard (scorecard.csv): one row per model, ASR beside over-refusal and utility, ×100."""
+    """The scorecard (scorecard.csv), ×100: ASR beside over-refusal and utility; metrics down,
+    models across (fits a terminal for a handful of models)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -95,22 +103,21 @@ def print_scorecard(card: pd.DataFrame) -> None:
         return
     metrics = [c for c in card.columns if c not in ("model", "judge")]
     asr = [c.split("/", 3)[1:] for c in metrics if c.startswith("asr/")]
-    one_run = len({(d, a) for d, a, _ in asr}) <= 1  # one dataset × attack: label ASR columns by setting only
+    one_run = len({(d, a) for d, a, _ in asr}) <= 1  # one dataset × attack: label ASR rows by setting only
 
-    def header(col: str) -> str:
+    def label(col: str) -> str:
         if col.startswith("asr/"):
             dataset, attack, setting = col.split("/", 3)[1:]
-            return f"ASR\n{setting}" if one_run else f"ASR {dataset}/{attack}\n{setting}"
-        task, _, metric = col.partition("/")
-        return f"{task}\n{metric}"
+            return f"ASR {setting}" if one_run else f"ASR {dataset}/{attack} {setting}"
+        return col
 
     judge = str(card["judge"].iloc[0]) if "judge" in card and len(card) else ""
-    table = Table(title=f"Scorecard ×100 (ASR judge: {judge or '—'}); lower is better for ASR and refused",
+    table = Table(title=f"Scorecard ×100 (ASR judge: {judge or '—'}); lower is better for ASR and */refused",
                   title_justify="left")
-    table.add_column("model")
+    table.add_column("metric")
+    for model in card["model"]:
+        table.add_column(str(model), justify="right")
     for col in metrics:
-        table.add_column(header(col), justify="right")
-    for _, row in card.iterrows():
-        table.add_row(str(row["model"]), *["—" if pd.isna(row[c]) else f"{100 * float(row[c]):.1f}" for c in metrics])
+        table.add_row(label(col), *["—" if pd.isna(v) else f"{100 * float(v):.1f}" for v in card[col]])
     console.print(table)
     console.print("  n and 95% CIs: summary.csv (ASR) and utility.csv (utility) in the run folder")

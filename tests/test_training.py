@@ -230,3 +230,40 @@ def test_lora_training_merges_into_plain_folder(tiny_model, tmp_path):
     out = Trainer(recipe, recipe.models[0], resolve_model(str(tiny_model)), tmp_path / "lora", progress=False).train()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "llama" and not (out / "adapter_config.json").exists()
+
+
+def test_eval_recipe_builds_a_named_trained_model_on_demand(tiny_model, harness_cache, tmp_path, pool):
+    """`train: <recipe>#<name>` in an eval recipe builds the model once, then reuses it."""
+    import yaml
+
+    from harness.recipes import recipe_from_dict
+    from harness.runner import run_recipe
+    from tests.test_run import tiny_recipe
+
+    train = tiny_train_recipe(tiny_model, objective="sft", steps=2).model_dump(mode="json")
+    path = tmp_path / "tiny-align.yaml"
+    path.write_text(yaml.safe_dump(train))
+    raw = tiny_recipe(tiny_model, backend="hf", limit=2, depths=(0, 3))
+    raw["models"] = [{"name": "sft", "train": f"{path}#tiny-sft"}]
+    res = run_recipe(recipe_from_dict(raw), out_dir=tmp_path / "out", engines=pool, progress=False)
+    assert res.models["sft"]["source"] == "trained" and res.generated == 4
+    built = list((harness_cache / "trained").glob("tiny-sft-*/provenance.json"))
+    assert len(built) == 1
+    again = run_recipe(recipe_from_dict(raw), out_dir=tmp_path / "out", engines=pool, progress=False)
+    assert again.generated == 0 and list((harness_cache / "trained").glob("tiny-sft-*/provenance.json")) == built
+
+
+def test_validate_training_recipe_cli():
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "validate", "recipes/align.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    assert "smollm2-deep: augmented, 165 examples" in out.stdout and "OK" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "train", "recipes/prefill.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert bad.returncode == 2 and "not a training recipe (it needs `kind: train`)" in bad.stderr

@@ -121,7 +121,6 @@ def test_overrefusal_unsafe_rows_reported_separately(tmp_path):
 
 def test_overrefusal_refusal_judge_through_classify_refusal():
     """`refusal_judge` goes through judges.llm.classify_refusal; a keyword config needs no LLM."""
-    pytest.importorskip("judges.llm")
     t = task(type="overrefusal", refusal_judge={"type": "keyword", "name": "kw"})
     ex = t.load()
     got = t.score(records(ex, ["I cannot help with that.", "Sure: run kill -9.", ""]))

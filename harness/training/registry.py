@@ -133,10 +133,41 @@ def resolve_trained(ref: str) -> ResolvedModel:
     return build_all(path, [name])[name]
 
 
+def _evaluation(recipe: TrainRecipe, path: Path, names: list[str]):
+    """The recipe's `evaluate:` body as an eval recipe over base + the built models."""
+    from harness.recipes import recipe_from_dict
+
+    body = dict(recipe.evaluate or {})
+    body.setdefault("name", recipe.name)
+    body.setdefault("models", [{"name": "base", "spec": recipe.base}]
+                    + [{"name": n, "train": f"{path}#{n}"} for n in names])
+    return recipe_from_dict(body, f"{path}: evaluate")
+
+
+def validate_train_recipe(recipe_path: str) -> int:
+    """`harness validate` for training recipes: schema, data, disjointness, evaluate body."""
+    from harness.data.base import DatasetConfig
+
+    path = _recipe_path(recipe_path)
+    recipe = load_train_recipe(path)
+    demo = load_examples(DatasetConfig(format="demo"))
+    for spec in recipe.models:
+        recipe.settings_for(spec)
+        main = load_examples(spec.data)
+        assert_disjoint(main, demo, f"{spec.name}: data")
+        anchor = len(load_examples(spec.anchor)) if spec.anchor else 0
+        print(f"model {spec.name}: {spec.objective}, {len(main)} examples ({spec.data.label}), {anchor} anchors")
+    if recipe.evaluate:
+        ev = _evaluation(recipe, path, [m.name for m in recipe.models])
+        for t in ev.utility_tasks:
+            print(f"evaluate utility {t.label}: {len(t.load())} examples")
+    print(f"{recipe_path}: OK — builds {', '.join(m.name for m in recipe.models)} from {recipe.base}")
+    return 0
+
+
 def run_train_recipe(args) -> int:
     """`harness run` on a training recipe: build every model, then run its `evaluate:` body
     (if any) over the base and the built models."""
-    from harness.recipes import recipe_from_dict
     from harness.runner import run_recipe
     from harness.summary import print_tables
 
@@ -147,11 +178,7 @@ def run_train_recipe(args) -> int:
         print(f"{name}: {m.path}")
     if not recipe.evaluate:
         return 0
-    body = dict(recipe.evaluate)
-    body.setdefault("name", recipe.name)
-    body.setdefault("models", [{"name": "base", "spec": recipe.base}]
-                    + [{"name": n, "train": f"{path}#{n}"} for n in built])
-    evaluation = recipe_from_dict(body, f"{path}: evaluate")
+    evaluation = _evaluation(recipe, path, list(built))
     result = run_recipe(evaluation, out_dir=args.out, run_id=args.run_id, limit=args.limit)
     print_tables(result.summary)
     from harness.cli import print_scorecard_file

@@ -9,8 +9,6 @@ refusal metrics (nothing to judge), as the keyword judge does.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 from typing import Any, ClassVar, Literal
 
@@ -108,9 +106,6 @@ class OverRefusalTask(_FileTask):
             return v
         if not v.get("type"):
             raise ValueError("needs a judge config with a `type`, e.g. {type: llm, model: ...}")
-        if importlib.util.find_spec("judges.llm") is None:
-            raise ValueError("the LLM refusal judge needs judges/llm.py (judges.llm.classify_refusal), "
-                             "which this installation does not have")
         return v
 
     def make_example(self, path: Any, line_no: int, values: dict[str, str]) -> Example | None:
@@ -140,11 +135,8 @@ class OverRefusalTask(_FileTask):
         return out
 
     def _llm_refusal(self, records: list[dict[str, Any]], examples: list[Example | None], out: list[Metrics]) -> None:
-        try:
-            classify = importlib.import_module("judges.llm").classify_refusal
-        except (ImportError, AttributeError) as e:
-            raise HarnessError(f"utility task {self.label}: `refusal_judge` needs judges.llm.classify_refusal "
-                               f"({e})") from None
+        from judges.llm import classify_refusal as classify
+
         assert self.refusal_judge is not None
         prefix = str(self.refusal_judge.get("name") or self.refusal_judge["type"])
         todo = [i for i, r in enumerate(records) if examples[i] is not None and (r.get("completion") or "").strip()]
