@@ -77,8 +77,10 @@ def main() -> None:
     ids = torch.randint(0, V, (args.batch, args.length))
     labels = ids.clone()
     labels[:, : args.length // 4] = -100  # prompt
-    for i in range(args.batch):  # ragged right padding
-        labels[i, args.length - 7 * i:] = -100
+    for i in range(args.batch):  # ragged right padding, at most half the response
+        pad = (7 * i) % max(1, (args.length - args.length // 4) // 2)
+        if pad:
+            labels[i, args.length - pad:] = -100
     with torch.no_grad():
         ref_logp, mask = token_logprobs(model(input_ids=ids).logits, labels)
     betas = beta_schedule(response_positions(mask))

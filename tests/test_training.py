@@ -82,7 +82,7 @@ def test_token_logprobs_and_positions():
     logits, labels, _ = _random_case(seed=2)
     logp, mask = token_logprobs(logits, labels)
     lp = F.log_softmax(logits.detach(), -1)
-    assert float(logp[0, 4]) == pytest.approx(float(lp[0, 4, labels[0, 5]]))
+    assert float(logp[0, 4].detach()) == pytest.approx(float(lp[0, 4, labels[0, 5]]))
     assert response_positions(mask)[0].tolist() == [0, 0, 1, 2, 3, 4, 5, 6]
     by_pos = loss_by_position(logp.detach(), mask, 8)
     assert float(by_pos[0]) == pytest.approx(float(-logp[:, 2].mean()))
