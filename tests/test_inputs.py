@@ -230,3 +230,25 @@ def test_hub_id_from_local_cache(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
     m = resolve_model("acme/tiny")
     assert m.source == "hub" and m.fingerprint["hub_revision"] == commit and m.path == snap.resolve()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "xstest").exists(), reason="../shared/data not present")
+def test_bundled_data_is_our_own_not_public_copies():
+    """The project ships data it wrote: no bundled prompt repeats (or nearly repeats) AdvBench or XSTest."""
+    import csv
+    import difflib
+
+    from harness.data.base import bundled_path, read_rows
+
+    norm = lambda s: " ".join(s.lower().split()).strip(" ?.!")  # noqa: E731
+    with open(SHARED_DATA / "advbench" / "harmful_behaviors.csv", encoding="utf-8") as f:
+        public = [norm(r["goal"]) for r in csv.DictReader(f)]
+    with open(SHARED_DATA / "xstest" / "xstest_prompts.csv", encoding="utf-8") as f:
+        public += [norm(r["prompt"]) for r in csv.DictReader(f)]
+    ours = []
+    for name, col in (("harmful_demo.jsonl", "prompt"), ("harmful_train.jsonl", "prompt"), ("benign_train.jsonl", "prompt"),
+                      ("utility_demo.jsonl", "instruction"), ("overrefusal_demo.csv", "prompt")):
+        ours += [norm(r[col]) for _, r in read_rows(bundled_path(name))]
+    assert not set(ours) & set(public)
+    near = [p for p in ours if difflib.get_close_matches(p, public, n=1, cutoff=0.85)]
+    assert not near, near[:3]

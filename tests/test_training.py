@@ -85,7 +85,7 @@ def test_token_logprobs_and_positions():
     assert float(logp[0, 4].detach()) == pytest.approx(float(lp[0, 4, labels[0, 5]]))
     assert response_positions(mask)[0].tolist() == [0, 0, 1, 2, 3, 4, 5, 6]
     by_pos = loss_by_position(logp.detach(), mask, 8)
-    assert float(by_pos[0]) == pytest.approx(float(-logp[:, 2].mean()))
+    assert float(by_pos[0]) == pytest.approx(float(-logp[:, 2].detach().mean()))
     assert math.isnan(float(by_pos[7]))
 
 
@@ -219,6 +219,7 @@ def test_resume_from_checkpoint_is_exact(tiny_model, tmp_path):
     la = [json.loads(x) for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
     lb = [json.loads(x) for x in (tmp_path / "part" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lb] == [1, 2, 3, 4]
+    assert not (tmp_path / "part" / "checkpoints").exists(), "a finished build drops its resume checkpoints"
     assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], abs=1e-6)
 
 

@@ -244,6 +244,8 @@ class Trainer:
             tok.save_pretrained(tmp)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
+            # checkpoints only serve to resume an unfinished build (optimizer state: 2x the model)
+            shutil.rmtree(self.work_dir / "checkpoints", ignore_errors=True)
         return final
 
 
