@@ -17,7 +17,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from harness.training.losses import beta_schedule, constrained_loss, response_positions, token_logprobs
 

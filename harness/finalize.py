@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from harness.store import SUMMARY, RunStore
 from harness.summary import summarize
@@ -29,7 +28,7 @@ def judge_missing(store: RunStore, judges: Sequence[Judge], progress: bool = Tru
         if not todo:
             continue
         inputs = [JudgeInput(r["prompt"], r["completion"], r.get("prefill_text", ""), r.get("category", ""))
-                  for r in tqdm(todo, desc=f"judge {judge.name}", disable=not progress or len(todo) < 1000)]
+                  for r in todo]
         if hasattr(judge, "use_cache"):  # LLM judges: cache, progress bar, and a local engine to free after
             judge.use_cache(cache_path or default_cache_path(store.dir))
             judge.progress = progress

@@ -132,7 +132,7 @@ class Recipe(StrictModel):
 def _format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after[_one_source()]",))
+        loc = ".".join(str(p) for p in e["loc"])
         loc = prefix + loc if loc else prefix.rstrip(".") or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         lines.append(f"  {loc}: {msg}")

@@ -14,8 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from harness.data import Example, load_dataset
-from harness.data.base import DatasetConfig
+from harness.data import Example
 from harness.errors import DataError
 from harness.prompts import PromptBuilder
 from harness.training.losses import IGNORE, sample_recovery_depth
@@ -58,10 +57,6 @@ def build_pairs(examples: Sequence[Example], builder: PromptBuilder, target: str
             target_ids=tuple(builder.encode(tgt)) + ((eos_id,) if ex.meta.get("finished", True) else ()),
         ))
     return pairs
-
-
-def load_examples(cfg: DatasetConfig) -> list[Example]:
-    return load_dataset(cfg)
 
 
 def assert_disjoint(train: Sequence[Example], evaluation: Sequence[Example], what: str) -> None:

@@ -17,7 +17,8 @@ from harness.errors import RecipeError
 from harness.models import ResolvedModel, cache_dir, resolve_model
 from harness.prompts import PromptBuilder
 from harness.training.config import TrainModelSpec, TrainRecipe, content_key, load_train_recipe
-from harness.training.data import TrainPair, assert_disjoint, build_pairs, load_examples, save_jsonl
+from harness.data import load_dataset
+from harness.training.data import TrainPair, assert_disjoint, build_pairs, save_jsonl
 
 TRAINING_CODE_VERSION = 1  # bump when a change to the trainer changes what a recipe builds
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,7 @@ def anchor_pairs(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
     """Utility anchors; with ``responses: self`` the base model writes them (cached)."""
     if spec.anchor is None:
         return []
-    examples = load_examples(spec.anchor)
+    examples = load_dataset(spec.anchor)
     if spec.anchor.responses == "self":
         key = content_key({"base": base.fingerprint, "data": _examples_key(examples), "max_tokens": spec.anchor.max_tokens,
                            "system": recipe.system_prompt})
@@ -62,8 +63,8 @@ def anchor_pairs(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
 
 
 def model_key(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel) -> str:
-    main = load_examples(spec.data)
-    anchor = load_examples(spec.anchor) if spec.anchor else []
+    main = load_dataset(spec.data)
+    anchor = load_dataset(spec.anchor) if spec.anchor else []
     return content_key({
         "spec": spec.model_dump(mode="json", exclude={"training"}),
         "settings": recipe.settings_for(spec).model_dump(mode="json"),
@@ -91,7 +92,7 @@ def build_model(recipe: TrainRecipe, spec: TrainModelSpec, recipe_path: Path | N
         return _resolved(recipe, spec, work)
     if force and done.exists():
         done.unlink()
-    assert_disjoint(load_examples(spec.data), load_examples(DatasetConfig(format="demo")), f"{spec.name}: data")
+    assert_disjoint(load_dataset(spec.data), load_dataset(DatasetConfig(format="demo")), f"{spec.name}: data")
     tok = AutoTokenizer.from_pretrained(base.path)
     builder = PromptBuilder(tok, recipe.system_prompt)
     anchors = anchor_pairs(recipe, spec, base, builder, tok.eos_token_id, progress)
@@ -150,12 +151,12 @@ def validate_train_recipe(recipe_path: str) -> int:
 
     path = _recipe_path(recipe_path)
     recipe = load_train_recipe(path)
-    demo = load_examples(DatasetConfig(format="demo"))
+    demo = load_dataset(DatasetConfig(format="demo"))
     for spec in recipe.models:
         recipe.settings_for(spec)
-        main = load_examples(spec.data)
+        main = load_dataset(spec.data)
         assert_disjoint(main, demo, f"{spec.name}: data")
-        anchor = len(load_examples(spec.anchor)) if spec.anchor else 0
+        anchor = len(load_dataset(spec.anchor)) if spec.anchor else 0
         print(f"model {spec.name}: {spec.objective}, {len(main)} examples ({spec.data.label}), {anchor} anchors")
     if recipe.evaluate:
         ev = _evaluation(recipe, path, [m.name for m in recipe.models])

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from harness.models import ResolvedModel
 from harness.prompts import PromptBuilder
 from harness.training.config import TrainModelSpec, TrainRecipe, TrainSettings
-from harness.training.data import Batcher, TrainPair, build_pairs, load_examples, save_jsonl
+from harness.data import load_dataset
+from harness.training.data import Batcher, TrainPair, build_pairs, save_jsonl
 from harness.training.losses import (
     beta_schedule,
     constrained_loss,
@@ -124,7 +125,7 @@ class Trainer:
         eos = tok.eos_token_id
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         builder = PromptBuilder(tok, self.recipe.system_prompt)
-        main = build_pairs(load_examples(spec.data), builder, spec.target, eos,
+        main = build_pairs(load_dataset(spec.data), builder, spec.target, eos,
                            with_harmful=spec.objective == "augmented", source=spec.data.label)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         save_jsonl(self.work_dir / "train_data.jsonl", [p.to_json() | {"role": "main"} for p in main])
