@@ -268,3 +268,20 @@ def test_validate_training_recipe_cli():
     bad = subprocess.run([sys.executable, "-m", "harness.cli", "train", "recipes/prefill.yaml"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert bad.returncode == 2 and "not a training recipe (it needs `kind: train`)" in bad.stderr
+
+
+def test_refusal_templates_replace_the_column(smollm2):
+    from transformers import AutoTokenizer
+
+    from harness.prompts import PromptBuilder
+    from harness.training.data import REFUSAL_TEMPLATES, build_pairs
+
+    tok = AutoTokenizer.from_pretrained(smollm2.path)
+    ex = load_dataset(DatasetConfig(format="demo", limit=12))
+    pairs = build_pairs(ex, PromptBuilder(tok), "refusal", tok.eos_token_id, with_harmful=True, source="demo",
+                        refusal_templates=True)
+    assert all(p.target in REFUSAL_TEMPLATES for p in pairs) and len({p.target for p in pairs}) > 1
+    again = build_pairs(ex, PromptBuilder(tok), "refusal", tok.eos_token_id, with_harmful=True, source="demo",
+                        refusal_templates=True)
+    assert [p.target for p in again] == [p.target for p in pairs], "the choice is stable"
+    assert pairs[0].target_ids[-1] == tok.eos_token_id and pairs[0].harmful_ids

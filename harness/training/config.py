@@ -81,6 +81,8 @@ class TrainModelSpec(StrictModel):
     data: DatasetConfig
     target: Literal["refusal", "response"] = Field(
         "refusal", description="the supervised field (sft/constrained); augmented always learns the refusal")
+    refusals: Literal["column", "templates"] = Field(
+        "column", description="where refusals r come from: the dataset's refusal column, or built-in templates")
     anchor: AnchorSettings | None = None
     anchor_weight: float = Field(0.2, ge=0.0, lt=1.0, description="α: loss = (1-α)·main + α·anchor")
     augmentation: AugmentationSettings = Field(default_factory=AugmentationSettings)

@@ -20,6 +20,27 @@ from harness.prompts import PromptBuilder
 from harness.training.losses import IGNORE, sample_recovery_depth
 
 
+# Refusals for triples without a refusal column (`refusals: templates`). Each reads as a
+# stand-alone answer and as a turn-around after a partial harmful answer.
+REFUSAL_TEMPLATES = (
+    "I cannot help with this. It could cause real harm to people, and I won't provide it.",
+    "I can't continue with that. What you're asking for could be used to hurt someone.",
+    "I'm sorry, but I can't assist with this request. It would facilitate harm.",
+    "I won't help with this. If you're facing a difficult situation, I can suggest safe and legal options.",
+    "I cannot provide this. It's harmful and could put people at risk.",
+    "I apologize, but I can't go on with this. I'm not able to help with anything that could hurt others.",
+    "I can't help with that. Is there something safe I can help you with instead?",
+    "I must stop here: I cannot give instructions or content that could be used to cause harm.",
+)
+
+
+def template_refusal(example_id: str) -> str:
+    """A refusal template chosen by a stable hash of the example id."""
+    import hashlib
+
+    return REFUSAL_TEMPLATES[int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % len(REFUSAL_TEMPLATES)]
+
+
 @dataclass
 class TrainPair:
     """One tokenized training example: chat prompt, optional harmful response, target."""
@@ -40,11 +61,12 @@ class TrainPair:
 
 
 def build_pairs(examples: Sequence[Example], builder: PromptBuilder, target: str, eos_id: int,
-                with_harmful: bool, source: str) -> list[TrainPair]:
-    """Tokenize examples; a missing target/harmful field names the dataset and example id."""
+                with_harmful: bool, source: str, refusal_templates: bool = False) -> list[TrainPair]:
+    """Tokenize examples; a missing target/harmful field names the dataset and example id.
+    With ``refusal_templates`` the refusal target comes from REFUSAL_TEMPLATES, not a column."""
     pairs = []
     for ex in examples:
-        tgt = getattr(ex, target)
+        tgt = template_refusal(ex.id) if refusal_templates and target == "refusal" else getattr(ex, target)
         if not tgt:
             raise DataError(f"{source}: example {ex.id!r} has no {target!r} (needed as the training target)")
         harmful = (ex.response or "") if with_harmful else ""

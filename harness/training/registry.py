@@ -65,9 +65,11 @@ def anchor_pairs(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
 def model_key(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel) -> str:
     main = load_dataset(spec.data)
     anchor = load_dataset(spec.anchor) if spec.anchor else []
+    # Only what the recipe sets is hashed, so a new option with a default never invalidates
+    # existing builds; a change of behaviour bumps TRAINING_CODE_VERSION instead.
     return content_key({
-        "spec": spec.model_dump(mode="json", exclude={"training"}),
-        "settings": recipe.settings_for(spec).model_dump(mode="json"),
+        "spec": spec.model_dump(mode="json", exclude={"training"}, exclude_defaults=True),
+        "settings": recipe.settings_for(spec).model_dump(mode="json", exclude_defaults=True),
         "system_prompt": recipe.system_prompt,
         "base": base.fingerprint,
         "data": _examples_key(main),

@@ -126,7 +126,8 @@ class Trainer:
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         builder = PromptBuilder(tok, self.recipe.system_prompt)
         main = build_pairs(load_dataset(spec.data), builder, spec.target, eos,
-                           with_harmful=spec.objective == "augmented", source=spec.data.label)
+                           with_harmful=spec.objective == "augmented", source=spec.data.label,
+                           refusal_templates=spec.refusals == "templates")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         save_jsonl(self.work_dir / "train_data.jsonl", [p.to_json() | {"role": "main"} for p in main])
         save_jsonl(self.work_dir / "anchor_data.jsonl", [p.to_json() | {"role": "anchor"} for p in self.anchor_pairs])
