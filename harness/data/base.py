@@ -124,46 +124,63 @@ def get_column(row: dict[str, Any], column: str) -> Any:
     return cur
 
 
-def rows_to_examples(
-    path: Path,
-    rows: Iterator[tuple[int, dict[str, Any]]],
-    columns: dict[str, str],
-    id_prefix: str,
-    required: tuple[str, ...] = ("prompt",),
-) -> list[Example]:
-    """Map rows to Examples; a missing or empty required column names file, line and column."""
-    unknown = set(columns) - set(EXAMPLE_FIELDS)
+def read_fields(path: Path, fields: dict[str, bool], columns: dict[str, str]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of ``path`` as (line, {field: text}). ``fields`` maps each field to whether it is
+    required; ``columns`` maps fields to the file's column names (dots index nested JSON). A
+    missing or empty required column, or one mapped explicitly but absent, raises DataError
+    naming file, line and column; an optional field is read only when present."""
+    unknown = sorted(set(columns) - set(fields))
     if unknown:
-        raise DataError(f"{path}: columns map has unknown field(s) {sorted(unknown)}; allowed: {list(EXAMPLE_FIELDS)}")
+        raise DataError(f"{path}: columns map has unknown field(s) {unknown}; allowed: {sorted(fields)}")
     if path.suffix.lower() in (".csv", ".tsv"):
         header = csv_header(path)
-        for fld, col in columns.items():
-            if col not in header:
+        for fld, required in fields.items():
+            col = columns.get(fld, fld)
+            if (required or fld in columns) and col not in header:
                 raise DataError(f"{path}:1: column {col!r} (for {fld}) not in header; columns are {header}")
-    out: list[Example] = []
-    seen: set[str] = set()
-    for line_no, row in rows:
-        values: dict[str, Any] = {}
-        for fld in EXAMPLE_FIELDS:
+    out: list[tuple[int, dict[str, str]]] = []
+    for line_no, row in read_rows(path):
+        values: dict[str, str] = {}
+        for fld, required in fields.items():
             col = columns.get(fld, fld)
             try:
-                val = get_column(row, col)
+                val: Any = get_column(row, col)
             except KeyError:
-                if fld in required or fld in columns:
+                if required or fld in columns:
                     raise DataError(f"{path}:{line_no}: missing column {col!r} (for {fld})") from None
                 continue
             if val is None or (isinstance(val, str) and not val.strip()):
-                if fld in required:
+                if required:
                     raise DataError(f"{path}:{line_no}: column {col!r} (for {fld}) is empty")
                 continue
+            if isinstance(val, (dict, list)):
+                raise DataError(f"{path}:{line_no}: column {col!r} (for {fld}) is a {type(val).__name__}, "
+                                "expected text")
             values[fld] = str(val)
-        ex_id = values.pop("id", None) or f"{id_prefix}-{len(out) + 1:04d}"
-        if ex_id in seen:
-            raise DataError(f"{path}:{line_no}: duplicate id {ex_id!r}")
-        seen.add(ex_id)
-        out.append(Example(id=ex_id, **values, meta={"line": line_no}))
+        out.append((line_no, values))
     if not out:
         raise DataError(f"{path}: no rows")
+    return out
+
+
+def unique_id(path: Path, line_no: int, given: str | None, prefix: str, n: int, seen: set[str]) -> str:
+    """The row's id (or ``prefix-000n``); a repeated id is an error naming the line."""
+    ex_id = given.strip() if given else f"{prefix}-{n:04d}"
+    if ex_id in seen:
+        raise DataError(f"{path}:{line_no}: duplicate id {ex_id!r}")
+    seen.add(ex_id)
+    return ex_id
+
+
+def rows_to_examples(path: Path, columns: dict[str, str], id_prefix: str,
+                     required: tuple[str, ...] = ("prompt",)) -> list[Example]:
+    """Examples from a JSONL/JSON/CSV file through ``columns`` (Example field -> column)."""
+    fields = {f: f in required for f in EXAMPLE_FIELDS}
+    out: list[Example] = []
+    seen: set[str] = set()
+    for line_no, values in read_fields(path, fields, columns):
+        ex_id = unique_id(path, line_no, values.pop("id", None), id_prefix, len(out) + 1, seen)
+        out.append(Example(id=ex_id, **values, meta={"line": line_no}))
     return out
 
 

@@ -38,7 +38,7 @@ def _bundled(cfg: DatasetConfig, filename: str, prefix: str) -> list[Example]:
     path = Path(cfg.path).expanduser() if cfg.path else bundled_path(filename)
     if not path.exists():
         raise DataError(f"dataset file {path} does not exist")
-    return rows_to_examples(path, read_rows(path), cfg.columns, prefix)
+    return rows_to_examples(path, cfg.columns, prefix)
 
 
 @DATASET_FORMATS.register("demo")
@@ -63,14 +63,14 @@ def load_benign_train(cfg: DatasetConfig) -> list[Example]:
 def load_jsonl(cfg: DatasetConfig) -> list[Example]:
     """Generic JSONL/JSON; `columns` maps Example fields to keys (dots index nested JSON)."""
     path = require_path(cfg)
-    return rows_to_examples(path, read_rows(path), cfg.columns, path.stem)
+    return rows_to_examples(path, cfg.columns, path.stem)
 
 
 @DATASET_FORMATS.register("csv")
 def load_csv(cfg: DatasetConfig) -> list[Example]:
     """Generic CSV/TSV with a header; `columns` maps Example fields to header names."""
     path = require_path(cfg)
-    return rows_to_examples(path, read_rows(path), cfg.columns, path.stem)
+    return rows_to_examples(path, cfg.columns, path.stem)
 
 
 @DATASET_FORMATS.register("advbench")
@@ -78,7 +78,7 @@ def load_advbench(cfg: DatasetConfig) -> list[Example]:
     """AdvBench harmful_behaviors.csv (`goal,target`)."""
     path = require_path(cfg)
     columns = {"prompt": "goal", "target": "target", **cfg.columns}
-    return rows_to_examples(path, read_rows(path), columns, "advbench")
+    return rows_to_examples(path, columns, "advbench")
 
 
 @DATASET_FORMATS.register("harmbench")

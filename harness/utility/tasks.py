@@ -14,11 +14,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from harness.data.base import Example
+from harness.data.base import Example, read_fields, unique_id
 from harness.errors import DataError, HarnessError
 from harness.utility import metrics as M
 from harness.utility.base import UTILITY_TASKS, UtilityTaskConfig
-from harness.utility.loaders import read_fields, task_path, unique_id
+from harness.utility.loaders import task_path
 
 log = logging.getLogger(__name__)
 
