@@ -44,34 +44,52 @@ def sample_id(*parts: Any) -> str:
     return _sha([str(p) for p in parts])[:20]
 
 
+class SqliteKV:
+    """A key -> text table in SQLite with batched look-ups; safe to share between processes."""
+
+    def __init__(self, path: Path, table: str, value_column: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.table, self.value_column = table, value_column
+        self.db = sqlite3.connect(self.path, timeout=60)
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, {value_column} TEXT NOT NULL)")
+        self.db.commit()
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, str]:
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+            batch = keys[i:i + 500]
+            q = f"SELECT key, {self.value_column} FROM {self.table} WHERE key IN ({','.join('?' * len(batch))})"
+            out.update(self.db.execute(q, batch))
+        return out
+
+    def put_many(self, items: dict[str, str]) -> None:
+        if items:
+            self.db.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?, ?)", list(items.items()))
+            self.db.commit()
+
+    def __len__(self) -> int:
+        return self.db.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+
 class GenerationCache:
     """Content-addressed completions: key -> list of n completions."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path)
-        self.db.execute("CREATE TABLE IF NOT EXISTS gen (key TEXT PRIMARY KEY, completions TEXT NOT NULL)")
-        self.db.commit()
+        self.kv = SqliteKV(path, "gen", "completions")
 
     def get_many(self, keys: Iterable[str]) -> dict[str, list[Completion]]:
-        keys = list(dict.fromkeys(keys))
-        out: dict[str, list[Completion]] = {}
-        for i in range(0, len(keys), 500):
-            batch = keys[i:i + 500]
-            q = f"SELECT key, completions FROM gen WHERE key IN ({','.join('?' * len(batch))})"
-            for key, blob in self.db.execute(q, batch):
-                out[key] = [Completion.from_json(c) for c in json.loads(blob)]
-        return out
+        return {k: [Completion.from_json(c) for c in json.loads(v)] for k, v in self.kv.get_many(keys).items()}
 
     def put_many(self, items: dict[str, list[Completion]]) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO gen VALUES (?, ?)",
-            [(k, json.dumps([c.to_json() for c in v])) for k, v in items.items()],
-        )
-        self.db.commit()
+        self.kv.put_many({k: json.dumps([c.to_json() for c in v]) for k, v in items.items()})
 
     def close(self) -> None:
-        self.db.close()
+        self.kv.close()
 
 
 class RunStore:
