@@ -1,6 +1,11 @@
 # make run   — install what is missing, then run the main job
 # make test  — install what is missing, then run the test suite
-PYTHON ?= python3
+# Without an active virtualenv everything runs in .venv/ (created by `make setup`).
+ifdef VIRTUAL_ENV
+PYTHON ?= $(VIRTUAL_ENV)/bin/python
+else
+PYTHON ?= $(CURDIR)/.venv/bin/python
+endif
 RECIPE ?= recipes/prefill.yaml
 export PYTHON
 
