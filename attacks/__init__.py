@@ -1,6 +1,3 @@
-"""Attacks: each module registers a config class whose ``plan()`` yields samples."""
+"""Attacks: one module per attack family, each defining an ``AttackConfig`` subclass.
 
-from attacks.base import PlannedSample
-from attacks import prefill  # noqa: F401  (registers "prefill")
-
-__all__ = ["PlannedSample"]
+They are plug-ins named in ``harness.core.ATTACKS`` and imported on first use."""

@@ -1,27 +1,61 @@
-"""What an attack produces: one planned generation (or a recorded skip) per example × setting."""
+"""What attacks see and produce.
+
+An attack is a config class (``harness.core.AttackConfig``) whose hooks the runner calls for
+each target model: ``variants`` (models derived from the target, e.g. fine-tuning rounds),
+``prepare`` (per-example artefacts computed with gradient access, e.g. GCG suffixes) and
+``plan`` (token-level prompts and sampling settings). The runner owns generation, caching,
+judging and the run log, so an attack never touches an engine or a file directly.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from harness.data.base import Example
-from harness.engine.base import Sampling
-from harness.prompts import BuiltPrompt
+from harness.core import AttackConfig, BuiltPrompt, Example, PlannedSample, Sampling, setting_label
+from harness.models import ResolvedModel
+from harness.prompts import PromptBuilder
 
-
-def setting_label(setting: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in setting.items()) or "default"
+__all__ = ["AttackConfig", "AttackContext", "BuiltPrompt", "Example", "PlannedSample", "Sampling", "Target",
+           "setting_label"]
 
 
 @dataclass(frozen=True)
-class PlannedSample:
-    example: Example
-    setting: dict[str, Any]
-    sampling: Sampling
-    prompt: BuiltPrompt | None  # None when skipped
-    skipped: str | None = None
+class Target:
+    """The model under attack: its recipe name, its resolved files, and its prompt builder
+    (tokenizer + chat template + the recipe's system prompt)."""
 
-    @property
-    def label(self) -> str:
-        return setting_label(self.setting)
+    name: str
+    model: ResolvedModel
+    builder: PromptBuilder
+
+    def derived(self, model: ResolvedModel) -> "Target":
+        """The same target on a derived model (same tokenizer and template by construction)."""
+        return Target(self.name, model, self.builder)
+
+
+class ArtifactStore(Protocol):
+    """Content-addressed JSON artefacts (e.g. optimised suffixes), shared across runs."""
+
+    def get(self, key: str) -> Any | None: ...
+
+    def put(self, key: str, value: Any) -> None: ...
+
+
+class AttackContext(Protocol):
+    """What the runner lends an attack's ``variants`` and ``prepare`` hooks."""
+
+    artifacts: ArtifactStore
+    seed: int
+    progress: bool
+    work_dir: Path  # under the results root's cache: trained rounds, logs
+
+    def free_engines(self) -> None:
+        """Close live engines before heavy torch work (training, gradients)."""
+        ...
+
+    def resolve(self, spec: str) -> ResolvedModel:
+        """Resolve any model spec (alias, folder, hub id, ``recipe.yaml#model``)."""
+        ...
+

@@ -9,19 +9,15 @@ reported, never padded. ``text`` prefills a fixed string instead (e.g. the paper
 
 from __future__ import annotations
 
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from attacks.base import PlannedSample
-from harness.data.base import Example
-from harness.prompts import PromptBuilder
-from harness.recipes import ATTACK_CONFIGS, AttackConfig
+from attacks.base import AttackConfig, Example, PlannedSample, Target
 
 DEFAULT_DEPTHS = [0, 5, 10, 20, 40]
 
 
-@ATTACK_CONFIGS.register("prefill")
 class PrefillAttack(AttackConfig):
     """Prefill the first k tokens of a harmful response, for each depth k."""
 
@@ -45,22 +41,30 @@ class PrefillAttack(AttackConfig):
             raise ValueError("`text` is empty")
         return self
 
-    def plan(self, examples: list[Example], builder: PromptBuilder, seed: int) -> Iterator[PlannedSample]:
+    def plan(self, examples: list[Example], target: Target, artifacts: dict[str, Any],
+             seed: int) -> Iterator[PlannedSample]:
+        builder = target.builder
         sampling = self.sampling.to_sampling(seed)
+
+        def planned(ex: Example, setting: dict[str, Any], prefill: list[int]) -> PlannedSample:
+            prompt = builder.build(ex.prompt, prefill)
+            return PlannedSample(ex, setting, sampling, prompt,
+                                 info={"prefill_text": prompt.prefill_text, "prefill_tokens": len(prefill)})
+
         for ex in examples:
             if self.text is not None:
-                yield PlannedSample(ex, {"prefill": "fixed"}, sampling, builder.build(ex.prompt, builder.encode(self.text)))
+                yield planned(ex, {"prefill": "fixed"}, builder.encode(self.text))
                 continue
             source = getattr(ex, self.source)
             source_ids = builder.encode(source) if source else []
             for k in self.depths:
                 setting = {"depth": k}
                 if k == 0:
-                    yield PlannedSample(ex, setting, sampling, builder.build(ex.prompt))
+                    yield planned(ex, setting, [])
                 elif not source:
                     yield PlannedSample(ex, setting, sampling, None, skipped=f"no {self.source} to prefill from")
                 elif len(source_ids) < k:
                     yield PlannedSample(ex, setting, sampling, None,
                                         skipped=f"{self.source} has {len(source_ids)} tokens < depth {k}")
                 else:
-                    yield PlannedSample(ex, setting, sampling, builder.build(ex.prompt, source_ids[:k]))
+                    yield planned(ex, setting, source_ids[:k])

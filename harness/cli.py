@@ -18,30 +18,19 @@ COMMAND_MODULES: list[str] = ["harness.training.cli", "judges.cli"]
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.recipes import load_recipe, read_recipe_kind
     from harness.runner import run_recipe
-    from harness.summary import print_tables
+    from harness.summary import print_scorecard_file, print_tables
 
     if read_recipe_kind(args.recipe) == "train":
-        from harness.training.registry import run_train_recipe
+        from harness.training.cli import run_train_recipe
 
         return run_train_recipe(args)
     recipe = load_recipe(args.recipe, args.set)
     result = run_recipe(recipe, out_dir=args.out, run_id=args.run_id, limit=args.limit)
     print_tables(result.summary)
     print_scorecard_file(result.run_dir)
-    print(f"\n{result.run_dir}: {result.generated} generated, {result.from_cache} from cache, "
-          f"{result.reused} reused, {result.skipped} skipped")
+    print(f"\n{result.run_dir}: {result.samples} samples ({result.generated} generated, {result.from_cache} "
+          f"from cache, {result.skipped} skipped)")
     return 0
-
-
-def print_scorecard_file(run_dir: Path) -> None:
-    """ASR beside over-refusal and utility, one row per model (scorecard.csv)."""
-    import pandas as pd
-
-    from harness.summary import print_scorecard
-
-    path = Path(run_dir) / "scorecard.csv"
-    if path.exists():
-        print_scorecard(pd.read_csv(path))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -51,7 +40,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if read_recipe_kind(args.recipe) == "train":
         from harness.training.registry import validate_train_recipe
 
-        return validate_train_recipe(args.recipe)
+        return validate_train_recipe(args.recipe, args.set)
     recipe = load_recipe(args.recipe, args.set)
     for d in recipe.datasets:
         n = len(load_dataset(d))
@@ -66,19 +55,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    import attacks  # noqa: F401
-    import harness.utility  # noqa: F401
-    import judges  # noqa: F401
-    from harness.data import DATASET_FORMATS
+    from harness.core import ATTACKS, DATASET_FORMATS, JUDGES, UTILITY_TASKS
     from harness.models import known_models
-    from harness.recipes import ATTACK_CONFIGS, JUDGE_CONFIGS
-    from harness.utility import UTILITY_TASKS
 
     sections = [
-        ("models (aliases; also: an HF folder, a .gguf file, or a hub id org/name[@rev])", known_models()),
+        ("models (aliases; also: an HF folder, a .gguf file, a hub id org/name[@rev], or recipe.yaml#model)",
+         known_models()),
         ("datasets (recipe `datasets[].format`)", DATASET_FORMATS.describe()),
-        ("attacks (recipe `attacks[].type`)", ATTACK_CONFIGS.describe()),
-        ("judges (recipe `judges[].type`)", JUDGE_CONFIGS.describe()),
+        ("attacks (recipe `attacks[].type`)", ATTACKS.describe()),
+        ("judges (recipe `judges[].type`)", JUDGES.describe()),
         ("utility tasks (recipe `utility[].type`)", UTILITY_TASKS.describe()),
     ]
     for title, items in sections:
@@ -94,18 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a recipe and write results/<run-id>/")
+    run = sub.add_parser(
+        "run", help="run a recipe and write results/<run-id>/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a recipe (or build a training recipe's models and evaluate them).",
+        epilog="Run folders: results/<run-id>/ (default run id: the recipe name) holds exactly one\n"
+               "evaluation, the one its last invocation planned. It is locked while a run writes it and\n"
+               "rewritten at the end from the content-addressed caches in results/.cache/, so a changed\n"
+               "recipe, --limit or --set replaces its tables instead of mixing with them, and a\n"
+               "repeated or resumed run regenerates nothing. history.jsonl lists every invocation.\n"
+               "Keep two configurations side by side with two --run-id values.")
     run.add_argument("recipe", help="recipe YAML, e.g. recipes/prefill.yaml")
     run.add_argument("--limit", type=int, help="examples per dataset (smoke runs)")
     run.add_argument("--out", type=Path, help="results root (default: the recipe's output_dir, 'results')")
-    run.add_argument("--run-id", help="results sub-folder (default: the recipe name); re-running resumes it")
+    run.add_argument("--run-id", help="results sub-folder (default: the recipe name); re-running the same recipe "
+                                      "resumes from the caches, a different one replaces its tables")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe key, e.g. --set engine.backend=hf --set attacks.0.depths=[0,5]")
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser("validate", help="check a recipe and its datasets without running")
     val.add_argument("recipe")
-    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for run")
     val.set_defaults(func=_cmd_validate)
 
     ls = sub.add_parser("list", help="list model aliases, dataset formats, attacks and judges")

@@ -1,6 +1,9 @@
-"""After generation: run judges on unjudged samples, compact, write summary tables.
+"""After generation: judge every sample, score utility, write the run's tables.
 
-Shared by `harness run` and by re-judging a finished run (`harness judge`).
+Shared by `harness run` and by re-judging a finished run (`harness judge`). Verdicts are
+always recomputed from the current judge configs (LLM judges answer from their content-
+addressed cache), so a verdict can never be older than the judge settings it is shown
+under; each carries the ``judge_hash`` of the judge that gave it.
 """
 
 from __future__ import annotations
@@ -10,27 +13,32 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from harness.store import SUMMARY, RunStore
+from harness.core import ReducerConfig, content_hash
+from harness.store import SUMMARY, write_samples
 from harness.summary import summarize
 from judges.agreement import write_judge_tables
 from judges.base import Judge, JudgeInput
 from judges.cache import default_cache_path
 
 
-def judge_missing(store: RunStore, judges: Sequence[Judge], progress: bool = True, force: bool = False,
-                  cache_path: Path | None = None) -> int:
-    """Give every generated sample a verdict from each judge (one batch per judge); returns verdicts
-    added. LLM judges read and write the judge cache (default ``<results root>/.cache/judgments.sqlite``)."""
-    added = 0
-    for judge in judges:
-        todo = [r for r in store.records.values() if r.get("kind", "attack") == "attack"
-                and not r.get("skipped") and (force or judge.name not in r["verdicts"])]
+def judge_hash(config: Any, judge: Judge) -> str:
+    """Every setting of the judge config, plus what it resolves to (rubric text hash, phrase list)."""
+    described = judge.describe() if hasattr(judge, "describe") else {}
+    return content_hash({"config": config.config_hash(), "resolved": described})
+
+
+def judge_records(records: Sequence[dict[str, Any]], judges: Sequence[tuple[Any, Judge]], progress: bool = True,
+                  cache_path: Path | None = None) -> None:
+    """Set ``verdicts[judge]`` on every generated attack record, for each (config, judge)."""
+    todo = [r for r in records if r.get("kind", "attack") == "attack" and not r.get("skipped")]
+    for config, judge in judges:
         if not todo:
-            continue
-        inputs = [JudgeInput(r["prompt"], r["completion"], r.get("prefill_text", ""), r.get("category", ""))
-                  for r in todo]
+            break
+        jhash = judge_hash(config, judge)
+        inputs = [JudgeInput(r["prompt"], r["completion"], (r.get("attack_info") or {}).get("prefill_text", ""),
+                             r.get("category", "")) for r in todo]
         if hasattr(judge, "use_cache"):  # LLM judges: cache, progress bar, and a local engine to free after
-            judge.use_cache(cache_path or default_cache_path(store.dir))
+            judge.use_cache(cache_path)
             judge.progress = progress
         try:
             verdicts = judge.judge(inputs)
@@ -38,31 +46,34 @@ def judge_missing(store: RunStore, judges: Sequence[Judge], progress: bool = Tru
             if hasattr(judge, "close"):
                 judge.close()
         for rec, verdict in zip(todo, verdicts):
-            rec["verdicts"][judge.name] = verdict.to_json()
-        added += len(todo)
-    return added
+            rec.setdefault("verdicts", {})[judge.name] = dict(verdict.to_json(), judge_hash=jhash)
 
 
-def score_utility(store: RunStore, tasks: Sequence[Any]) -> None:
-    """Give every utility record its task's metrics (once)."""
+def score_utility(records: Sequence[dict[str, Any]], tasks: Sequence[Any]) -> None:
+    """Give every utility record its task's metrics (recomputed: metric options may have changed)."""
     for task in tasks:
-        todo = [r for r in store.records.values() if r.get("kind") == "utility" and r["attack"] == task.label
-                and not r.get("skipped") and "metrics" not in r]
+        todo = [r for r in records if r.get("kind") == "utility" and r["attack"] == task.label and not r.get("skipped")]
         for rec, metrics in zip(todo, task.score(todo) if todo else []):
             rec["metrics"] = metrics
 
 
-def finalize(store: RunStore, judges: Sequence[Judge], progress: bool = True, force: bool = False,
-             utility_tasks: Sequence[Any] = ()) -> pd.DataFrame:
-    """Judge, score utility, compact samples.jsonl, and write summary.csv, utility.csv and scorecard.csv;
-    returns the summary."""
-    judge_missing(store, judges, progress, force)
-    score_utility(store, utility_tasks)
-    store.compact()
-    summary = summarize(r for r in store.records.values() if r.get("kind", "attack") == "attack")
-    summary.to_csv(store.dir / SUMMARY, index=False)
-    write_judge_tables(store.dir, store.records.values())  # agreement.csv (≥2 judges), judge_scores.csv
-    from harness.utility.table import write_tables  # utility.csv + scorecard.csv (ASR beside utility)
+def write_tables(run_dir: Path, records: Sequence[dict[str, Any]], reducers: dict[str, Sequence[ReducerConfig]],
+                 first_judge: str | None) -> pd.DataFrame:
+    """samples.jsonl, summary.csv, agreement/judge_scores, utility.csv and scorecard.csv; returns the summary."""
+    write_samples(run_dir, records)
+    summary = summarize(records, reducers)
+    summary.to_csv(Path(run_dir) / SUMMARY, index=False)
+    write_judge_tables(run_dir, records)  # agreement.csv (≥2 judges), judge_scores.csv
+    from harness.utility.table import write_tables as write_utility  # utility.csv + scorecard.csv
 
-    write_tables(store.dir, store.records.values(), summary, judges[0].name if judges else None)
+    write_utility(run_dir, records, summary, first_judge)
     return summary
+
+
+def finalize(run_dir: Path, records: list[dict[str, Any]], judges: Sequence[tuple[Any, Judge]],
+             reducers: dict[str, Sequence[ReducerConfig]], utility_tasks: Sequence[Any] = (), progress: bool = True,
+             cache_path: Path | None = None) -> pd.DataFrame:
+    """Judge, score utility and write every table of ``run_dir``; returns the summary."""
+    judge_records(records, judges, progress, cache_path or default_cache_path(run_dir))
+    score_utility(records, utility_tasks)
+    return write_tables(run_dir, records, reducers, judges[0][1].name if judges else None)

@@ -6,8 +6,9 @@ A spec is one of
 - a ``.gguf`` file (converted once to an HF folder in the cache),
 - a hub id ``org/name[@revision]``, taken from the local HF cache (downloaded when online).
 
-Every resolved model carries a fingerprint: a weights hash (or hub revision) and a
-hash of its chat template, so results record exactly what was evaluated.
+Every resolved model carries a fingerprint: a weights hash (or hub revision), a hash of
+its chat template and of its generation_config.json (EOS ids), so results record exactly
+what was evaluated.
 """
 
 from __future__ import annotations
@@ -218,6 +219,9 @@ def resolve_model(spec: str) -> ResolvedModel:
 
 def _finish(spec: str, folder: Path, source: str, revision: str | None = None) -> ResolvedModel:
     fp = {"chat_template_sha256": chat_template_hash(folder)}
+    gen_config = folder / "generation_config.json"
+    if gen_config.is_file():  # EOS ids and default decoding settings change what is generated
+        fp["generation_config_sha256"] = sha256_file(gen_config)
     if revision:
         fp["hub_revision"] = revision
     else:

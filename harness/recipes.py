@@ -14,79 +14,29 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from harness.config import StrictModel
+from harness.core import (ATTACKS, DATASET_FORMATS, JUDGES, UTILITY_TASKS, AttackConfig, JudgeConfig, Registry,
+                          StrictModel)
 from harness.data.base import DatasetConfig
-from harness.engine.base import EngineConfig, Sampling
+from harness.engine.base import EngineSettings
 from harness.errors import RecipeError
-from harness.registry import Registry
-
-
-class SamplingConfig(StrictModel):
-    temperature: float = Field(0.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 = off")
-    max_tokens: int = Field(64, ge=1)
-    n: int = Field(1, ge=1)
-    seed: int | None = Field(None, description="defaults to the recipe seed")
-    stop: list[str] = Field(default_factory=list)
-
-    def to_sampling(self, default_seed: int) -> Sampling:
-        return Sampling(self.temperature, self.top_p, self.top_k, self.max_tokens, self.n,
-                        self.seed if self.seed is not None else default_seed, tuple(self.stop))
-
-
-class AttackConfig(StrictModel):
-    """Base for attack configs; subclasses register under their ``type``."""
-
-    type: str
-    name: str | None = Field(None, description="label in results; defaults to type")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-
-    @property
-    def label(self) -> str:
-        return self.name or self.type
-
-
-class JudgeConfig(StrictModel):
-    type: str
-    name: str | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or self.type
-
-
-ATTACK_CONFIGS: Registry[type[AttackConfig]] = Registry("attack")
-JUDGE_CONFIGS: Registry[type[JudgeConfig]] = Registry("judge")
 
 
 class ModelConfig(StrictModel):
     name: str = Field(description="label in results tables")
-    spec: str | None = Field(None, description="alias, HF folder, .gguf file or hub id")
+    spec: str | None = Field(None, description="alias, HF folder, .gguf file, hub id, or a trained model "
+                                                "'recipes/align.yaml#smollm2-deep'")
     train: str | None = Field(None, description="a model a training recipe builds: 'recipes/align.yaml#smollm2-deep'")
+
+    @property
+    def ref(self) -> str:
+        """The model spec, whichever key gave it."""
+        return self.spec if self.spec is not None else str(self.train)
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
         if (self.spec is None) == (self.train is None):
             raise ValueError("give exactly one of `spec` or `train`")
         return self
-
-
-class EngineSettings(StrictModel):
-    backend: Literal["vllm", "hf"] = "vllm"
-    dtype: str = "auto"
-    max_model_len: int = Field(2048, ge=64)
-    gpu_memory_utilization: float = Field(0.4, gt=0.0, le=1.0)
-    kv_cache_gib: float | None = Field(None, gt=0.0, description="KV cache size; on CPU defaults to 2 GiB")
-    tensor_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int = Field(1, ge=1)
-    enforce_eager: bool | None = None
-    batch_size: int = Field(16, ge=1, description="HF backend batch size")
-    chunk_size: int = Field(256, ge=1, description="requests generated between checkpoints to samples.jsonl")
-    extra: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM unchanged")
-
-    def engine_config(self, seed: int) -> EngineConfig:
-        return EngineConfig(seed=seed, **self.model_dump(exclude={"chunk_size"}))
 
 
 class Recipe(StrictModel):
@@ -199,14 +149,11 @@ def read_recipe_kind(path: str | Path) -> str:
     return "train" if isinstance(raw, dict) and raw.get("kind") == "train" else "eval"
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    import attacks  # noqa: F401  (register attack configs)
-    import judges  # noqa: F401  (register judge configs)
-    import harness.utility  # noqa: F401  (register utility tasks)
-
+def read_recipe_yaml(path: str | Path, overrides: list[str] | None = None, what: str = "recipe") -> dict[str, Any]:
+    """The recipe file as a mapping, with ``--set`` overrides applied; errors name file and line."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe {path} does not exist")
+        raise RecipeError(f"{what} {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -214,9 +161,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         where = f":{mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping with keys name, models, datasets, attacks, …")
-    raw = apply_overrides(raw, overrides or [])
-    return recipe_from_dict(raw, str(path))
+        raise RecipeError(f"{path}: a {what} is a YAML mapping with keys name, models, …")
+    return apply_overrides(raw, overrides or [])
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    return recipe_from_dict(read_recipe_yaml(path, overrides), str(path))
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
@@ -224,13 +174,9 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(_format_errors(source, e)) from None
-    recipe.attacks = _typed_list(source, recipe.attacks, "attacks", ATTACK_CONFIGS)
-    recipe.judges = _typed_list(source, recipe.judges, "judges", JUDGE_CONFIGS)
-    from harness.utility import UTILITY_TASKS
-
+    recipe.attacks = _typed_list(source, recipe.attacks, "attacks", ATTACKS)
+    recipe.judges = _typed_list(source, recipe.judges, "judges", JUDGES)
     recipe.utility = _typed_list(source, recipe.utility, "utility", UTILITY_TASKS)
-    from harness.data.base import DATASET_FORMATS
-
     for i, d in enumerate(recipe.datasets):
         if d.format not in DATASET_FORMATS.names():
             raise RecipeError(f"{source}: invalid recipe\n  datasets.{i}.format: unknown format {d.format!r}; "

@@ -1,17 +1,20 @@
-"""Run a recipe: models × datasets × attacks → samples → judges → summary.
+"""Run a recipe: models × datasets × attacks → samples → judges → run log.
 
-Generation is checkpointed every ``engine.chunk_size`` requests into samples.jsonl and
-the generation cache, so a killed run resumes where it stopped, and a repeated run
-starts no engine at all.
+Per target model: each attack's ``variants`` (derived models, e.g. fine-tuning rounds),
+``prepare`` (gradient-time artefacts, e.g. GCG suffixes) and ``plan`` (token-level prompts)
+give planned samples; the generation cache answers what it can and an engine generates the
+rest in chunks that are committed to the cache as they finish (a killed run resumes there).
+When every model is done the judges score every sample and the run folder is rewritten as
+one consistent log of exactly this recipe (see ``harness.store`` for the folder policy).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -20,14 +23,17 @@ from typing import Any, Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
-from attacks.base import PlannedSample
-from harness.data import Example, load_dataset
-from harness.engine import Engine, EngineConfig, GenRequest, make_engine
-from harness.models import ResolvedModel, resolve_model
+from attacks.base import Target
+from harness import hardware
+from harness.core import Example, PlannedSample, content_hash, dataset_hash, setting_label
+from harness.data import load_dataset
+from harness.engine import Engine, EngineConfig, GenRequest, engine_descriptor, engine_hash, make_engine, resolve_config
+from harness.finalize import finalize
+from harness.models import ResolvedModel
 from harness.prompts import PromptBuilder
 from harness.recipes import ModelConfig, Recipe
-from harness.finalize import finalize
-from harness.store import MANIFEST, GenerationCache, RunStore, cache_key, sample_id
+from harness.store import (MANIFEST, ArtifactCache, GenerationCache, RunLock, append_history, cache_root,
+                           generation_key, now, sample_id, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +47,9 @@ class EnginePool:
         self.started = 0
 
     def get(self, model: ResolvedModel, config: EngineConfig) -> Engine:
-        key = (str(model.path), model.fingerprint_id, config.backend, config.dtype, config.max_model_len,
-               config.tensor_parallel_size, config.data_parallel_size, config.seed)
+        config = resolve_config(config, model.path)
+        key = (str(model.path), model.fingerprint_id, engine_hash(config), config.max_model_len,
+               config.data_parallel_size, config.seed, config.enforce_eager, config.kv_cache_gib)
         if key not in self.engines:
             if not self.keep_all:
                 self.close()
@@ -62,20 +69,59 @@ class RunResult:
     summary: pd.DataFrame
     generated: int = 0  # requests sent to an engine
     from_cache: int = 0  # requests answered by the generation cache
-    reused: int = 0  # samples already in this run's samples.jsonl
     skipped: int = 0
+    samples: int = 0
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    label: str
+    examples: list[Example]
+    hash: str
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A planned sample with where it belongs in the run log."""
+
+    kind: str  # attack | utility
+    label: str  # attack or utility task label
+    config_hash: str
+    dataset: Dataset
+    model: ResolvedModel  # the model that generates it (a derived one for model-transform attacks)
+    variant: dict[str, Any]
+    sample: PlannedSample
 
 
 ModelResolver = Callable[[ModelConfig], ResolvedModel]
 
 
 def default_resolver(m: ModelConfig) -> ResolvedModel:
-    if m.spec is not None:
-        return resolve_model(m.spec)
-    from harness.training.registry import resolve_trained
+    from harness.training.registry import resolve_any
 
-    return resolve_trained(m.train)
+    return resolve_any(m.ref)
+
+
+class RunContext:
+    """What attacks' ``variants`` and ``prepare`` hooks get (``attacks.base.AttackContext``)."""
+
+    def __init__(self, artifacts: ArtifactCache, seed: int, progress: bool, work_dir: Path, pool: EnginePool,
+                 results_root: Path) -> None:
+        self.artifacts = artifacts
+        self.seed = seed
+        self.progress = progress
+        self.work_dir = work_dir
+        self.pool = pool
+        self.results_root = results_root
+
+    def free_engines(self) -> None:
+        self.pool.close()
+
+    def resolve(self, spec: str) -> ResolvedModel:
+        from harness.training.registry import resolve_any
+
+        return resolve_any(spec)
 
 
 def run_recipe(
@@ -87,112 +133,167 @@ def run_recipe(
     resolver: ModelResolver = default_resolver,
     progress: bool = True,
 ) -> RunResult:
+    """Run ``recipe`` into ``<out_dir>/<run_id>`` (default ``results/<recipe name>``), which is
+    locked for the run and rewritten from the caches at its end."""
     out_root = Path(out_dir or recipe.output_dir)
-    store = RunStore(out_root / (run_id or recipe.name))
-    gen_cache = GenerationCache(out_root / ".cache" / "generations.sqlite")
+    run_dir = out_root / (run_id or recipe.name)
+    with RunLock(run_dir):
+        return _run(recipe, out_root, run_dir, limit or recipe.limit, engines, resolver, progress)
+
+
+def _run(recipe: Recipe, out_root: Path, run_dir: Path, limit: int | None, engines: EnginePool | None,
+         resolver: ModelResolver, progress: bool) -> RunResult:
+    started, t0 = now(), time.time()
+    caches = cache_root(out_root)
+    gen_cache = GenerationCache(caches / "generations.sqlite")
+    artifacts = ArtifactCache(caches / "artifacts.sqlite")
     own_pool = engines is None
     pool = engines or EnginePool()
-    limit = limit or recipe.limit
-    datasets = {d.label: load_dataset(d)[:limit] if limit else load_dataset(d) for d in recipe.datasets}
-    utility = {t.label: t.load()[:limit] if limit else t.load() for t in recipe.utility_tasks}
-    judges = [j.make() for j in recipe.judge_configs]
-    result = RunResult(store.dir, pd.DataFrame())
-    manifest = _manifest(recipe, limit)
-    store.write_json(MANIFEST, manifest)
+    datasets = []
+    for d in recipe.datasets:
+        examples = load_dataset(d)
+        examples = examples[:limit] if limit else examples
+        datasets.append(Dataset(d.label, examples, dataset_hash(examples)))
+    utility = []
+    for t in recipe.utility_tasks:
+        examples = t.load()
+        examples = examples[:limit] if limit else examples
+        utility.append((t, Dataset(t.label, examples, dataset_hash(examples))))
+    judges = [(c, c.make()) for c in recipe.judge_configs]
+    result = RunResult(run_dir, pd.DataFrame())
+    manifest = _manifest(recipe, run_dir, limit, datasets, utility, judges, started)
+    timings: dict[str, float] = {}
+    ctx = RunContext(artifacts, recipe.seed, progress, caches / "work", pool, out_root)
+    records: list[dict[str, Any]] = []
     try:
-        # Resolve (and, for `train:` models, build) every model before any engine starts:
+        # Resolve (and, for trained models, build) every model before any engine starts:
         # bad specs fail early, and training never competes with a live engine.
+        tick = time.time()
         resolved = {m.name: resolver(m) for m in recipe.models}
+        timings["resolve_models_s"] = time.time() - tick
         for name, model in resolved.items():
             result.models[name] = manifest["models"][name] = model.to_json()
-        store.write_json(MANIFEST, manifest)
         for name, model in resolved.items():
-            _run_model(recipe, name, model, datasets, utility, store, gen_cache, pool, result, progress)
+            tick = time.time()
+            planned = _plan(recipe, name, model, datasets, utility, ctx)
+            timings[f"plan_{name}_s"] = time.time() - tick
+            derived = {setting_label(p.variant): p.model.to_json() for p in planned
+                       if p.variant and p.model.fingerprint_id != model.fingerprint_id}
+            if derived:
+                manifest["models"][name]["derived"] = derived
+            tick = time.time()
+            records += _generate(recipe, name, planned, gen_cache, pool, result, manifest, progress)
+            timings[f"generate_{name}_s"] = time.time() - tick
         if own_pool:
             pool.close()  # free the target engine before judges that start their own
-        result.summary = finalize(store, judges, progress, utility_tasks=recipe.utility_tasks)
-        manifest.update(status="complete", finished=_now(), counts={
-            "generated": result.generated, "from_cache": result.from_cache, "reused": result.reused,
-            "skipped": result.skipped, "samples": len(store.records)})
-        store.write_json(MANIFEST, manifest)
+        tick = time.time()
+        manifest.update(status="finalizing")
+        write_json(run_dir / MANIFEST, manifest)
+        reducers = {a.label: a.reducers for a in recipe.attack_configs}
+        result.summary = finalize(run_dir, records, judges, reducers, recipe.utility_tasks, progress,
+                                  cache_path=caches / "judgments.sqlite")
+        timings["judge_and_write_s"] = time.time() - tick
+        result.samples = len(records)
+        timings["total_s"] = time.time() - t0
+        manifest.update(status="complete", finished=now(), counts=_counts(result),
+                        timings={k: round(v, 2) for k, v in timings.items()})
+        write_json(run_dir / MANIFEST, manifest)
     finally:
-        store.close()
         gen_cache.close()
+        artifacts.close()
         if own_pool:
             pool.close()
+        append_history(run_dir, {"started": started, "finished": now(), "status": manifest.get("status"),
+                                 "command": sys.argv, "recipe_hash": manifest["recipe_hash"],
+                                 "counts": _counts(result), "git": manifest["git"]})
     return result
 
 
-def _run_model(recipe: Recipe, model_name: str, model: ResolvedModel, datasets: dict[str, list[Example]],
-               utility: dict[str, list[Example]], store: RunStore, gen_cache: GenerationCache, pool: EnginePool, result: RunResult,
-               progress: bool) -> None:
+def _counts(result: RunResult) -> dict[str, int]:
+    return {"generated": result.generated, "from_cache": result.from_cache, "skipped": result.skipped,
+            "samples": result.samples}
+
+
+def _plan(recipe: Recipe, name: str, model: ResolvedModel, datasets: list[Dataset],
+          utility: list[tuple[Any, Dataset]], ctx: RunContext) -> list[Planned]:
     from transformers import AutoTokenizer
 
-    builder = PromptBuilder(AutoTokenizer.from_pretrained(model.path), recipe.system_prompt)
-    engine_tag = f"{recipe.engine.backend}:{recipe.engine.dtype}"
-    pending: dict[str, list[tuple[PlannedSample, list[dict[str, Any]]]]] = {}
-    requests: dict[str, GenRequest] = {}
-    jobs = [(ds, a, "attack", ex) for ds, ex in datasets.items() for a in recipe.attack_configs]
-    jobs += [(t.label, t, "utility", utility[t.label]) for t in recipe.utility_tasks]
-    for ds_name, attack, kind, examples in jobs:
-        for p in attack.plan(examples, builder, recipe.seed):
-            base = dict(model=model_name, model_fingerprint=model.fingerprint_id, dataset=ds_name, kind=kind,
-                        example_id=p.example.id, category=p.example.category, attack=attack.label,
-                        setting=p.setting, setting_label=p.label, prompt=p.example.prompt)
-            if p.prompt is None:
-                sid = sample_id(model_name, ds_name, p.example.id, attack.label, p.label, 0)
-                rec = dict(sample_id=sid, **base, sample_index=0, skipped=p.skipped, verdicts={})
-                if store.records.get(sid) != rec:
-                    store.append([rec])
-                result.skipped += 1
-                continue
-            key = cache_key(model.fingerprint_id, p.prompt.prompt_ids, p.sampling, engine_tag)
-            recs = []
-            for i in range(p.sampling.n):
-                sid = sample_id(model_name, ds_name, p.example.id, attack.label, p.label, i)
-                recs.append(dict(sample_id=sid, **base, sample_index=i, prefill_text=p.prompt.prefill_text,
-                                 prefill_tokens=len(p.prompt.prefill_ids), sampling=p.sampling.to_json(),
-                                 cache_key=key))
-            if all(store.records.get(r["sample_id"], {}).get("cache_key") == key for r in recs):
-                result.reused += len(recs)
-                continue
-            pending.setdefault(key, []).append((p, recs))
-            requests[key] = GenRequest(p.prompt.prompt_ids, p.sampling)
-    if not pending:
-        return
-    cached = gen_cache.get_many(pending)
-    result.from_cache += len(cached)
-    store.append(_records(pending, cached))
-    todo = [k for k in pending if k not in cached]
-    if not todo:
-        return
-    engine = pool.get(model, recipe.engine.engine_config(recipe.seed))
-    chunk = recipe.engine.chunk_size
-    with tqdm(total=len(todo), desc=f"generate {model_name}", unit="req", disable=not progress) as bar:
-        for start in range(0, len(todo), chunk):
-            keys = todo[start:start + chunk]
-            outs = engine.generate([requests[k] for k in keys])
-            done = dict(zip(keys, outs))
-            gen_cache.put_many(done)
-            store.append(_records({k: pending[k] for k in keys}, done))
-            result.generated += len(keys)
-            bar.update(len(keys))
-
-
-def _records(pending: dict[str, list[tuple[PlannedSample, list[dict]]]], completions: dict) -> list[dict]:
-    out = []
-    for key, items in pending.items():
-        if key not in completions:
-            continue
-        for _, recs in items:
-            for rec, comp in zip(recs, completions[key]):
-                out.append(dict(rec, completion=comp.text, completion_tokens=len(comp.token_ids),
-                                finish_reason=comp.finish_reason, skipped=None, verdicts={}))
+    target = Target(name, model, PromptBuilder(AutoTokenizer.from_pretrained(model.path), recipe.system_prompt))
+    out: list[Planned] = []
+    for attack in recipe.attack_configs:
+        ahash = attack.config_hash()
+        for variant, vmodel in attack.variants(target, ctx):
+            vt = target.derived(vmodel)
+            for ds in datasets:
+                artifacts = attack.prepare(ds.examples, vt, ctx)
+                out += [Planned("attack", attack.label, ahash, ds, vmodel, variant, p)
+                        for p in attack.plan(ds.examples, vt, artifacts, recipe.seed)]
+            if variant and attack.evaluates_utility:
+                via = {"attack": attack.label, **variant}
+                out += [Planned("utility", t.label, t.config_hash(), ds, vmodel, via, p)
+                        for t, ds in utility for p in t.plan(ds.examples, vt.builder, recipe.seed)]
+    out += [Planned("utility", t.label, t.config_hash(), ds, model, {}, p)
+            for t, ds in utility for p in t.plan(ds.examples, target.builder, recipe.seed)]
     return out
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def _base_record(name: str, pl: Planned, index: int) -> dict[str, Any]:
+    p, ex = pl.sample, pl.sample.example
+    setting = {**pl.variant, **p.setting}
+    label = setting_label(setting)
+    return dict(sample_id=sample_id(name, pl.dataset.label, ex.id, pl.label, label, index), kind=pl.kind, model=name,
+                model_fingerprint=pl.model.fingerprint_id, dataset=pl.dataset.label, dataset_hash=pl.dataset.hash,
+                example_id=ex.id, category=ex.category, cluster=ex.cluster or ex.id, attack=pl.label,
+                attack_hash=pl.config_hash, setting=setting, setting_label=label, sample_index=index,
+                prompt=ex.prompt, attack_info=p.info)
+
+
+def _generate(recipe: Recipe, name: str, planned: list[Planned], gen_cache: GenerationCache, pool: EnginePool,
+              result: RunResult, manifest: dict[str, Any], progress: bool) -> list[dict[str, Any]]:
+    """Records for ``planned``, in plan order: from the cache, else generated (by model)."""
+    slots: list[tuple[Planned, str | None, str]] = []
+    requests: dict[str, tuple[ResolvedModel, EngineConfig, GenRequest]] = {}
+    for pl in planned:
+        p = pl.sample
+        if p.prompt is None:
+            slots.append((pl, None, ""))
+            continue
+        config = resolve_config(recipe.engine.engine_config(recipe.seed), pl.model.path)
+        ehash = engine_hash(config)
+        manifest.setdefault("engines", {}).setdefault(ehash, engine_descriptor(config))
+        key = generation_key(pl.model.fingerprint_id, p.prompt.prompt_ids, p.sampling, ehash)
+        slots.append((pl, key, ehash))
+        requests.setdefault(key, (pl.model, config, GenRequest(p.prompt.prompt_ids, p.sampling)))
+    completions = gen_cache.get_many(requests)
+    result.from_cache += len(completions)
+    todo: dict[tuple[str, str], list[str]] = {}
+    for key, (model, config, _) in requests.items():
+        if key not in completions:
+            todo.setdefault((str(model.path), model.fingerprint_id), []).append(key)
+    chunk = recipe.engine.chunk_size
+    for keys in todo.values():
+        model, config, _ = requests[keys[0]]
+        engine = pool.get(model, config)
+        desc = f"generate {name}" + ("" if len(todo) == 1 else f" ({model.spec})")
+        with tqdm(total=len(keys), desc=desc, unit="req", disable=not progress) as bar:
+            for start in range(0, len(keys), chunk):
+                part = keys[start:start + chunk]
+                done = dict(zip(part, engine.generate([requests[k][2] for k in part])))
+                gen_cache.put_many(done)  # committed: a killed run resumes after this chunk
+                completions.update(done)
+                result.generated += len(part)
+                bar.update(len(part))
+    records = []
+    for pl, key, ehash in slots:
+        if key is None:
+            result.skipped += 1
+            records.append(dict(_base_record(name, pl, 0), skipped=pl.sample.skipped, verdicts={}))
+            continue
+        for i, comp in enumerate(completions[key]):
+            records.append(dict(_base_record(name, pl, i), sampling=pl.sample.sampling.to_json(), engine_hash=ehash,
+                                cache_key=key, completion=comp.text, completion_tokens=len(comp.token_ids),
+                                finish_reason=comp.finish_reason, skipped=None, verdicts={}))
+    return records
 
 
 def _git_commit() -> dict[str, Any]:
@@ -217,16 +318,35 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def _manifest(recipe: Recipe, limit: int | None) -> dict[str, Any]:
+def judge_entry(config: Any, judge: Any) -> dict[str, Any]:
+    from harness.finalize import judge_hash
+
+    return {"type": config.type, "hash": judge_hash(config, judge), "config": config.model_dump(mode="json"),
+            "resolved": judge.describe() if hasattr(judge, "describe") else {}}
+
+
+def _manifest(recipe: Recipe, run_dir: Path, limit: int | None, datasets: list[Dataset],
+              utility: list[tuple[Any, Dataset]], judges: list[tuple[Any, Any]], started: str) -> dict[str, Any]:
+    dumped = recipe.model_dump(mode="json")
     return {
-        "run": recipe.name,
+        "schema": 2,
+        "run_id": run_dir.name,
         "status": "running",
-        "started": _now(),
+        "started": started,
         "command": sys.argv,
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": dumped,
+        "recipe_hash": content_hash(dumped),
         "limit": limit,
         "seed": recipe.seed,
         "models": {},
+        "datasets": {d.label: {"n": len(d.examples), "hash": d.hash} for d in datasets},
+        "attacks": {a.label: {"type": a.type, "hash": a.config_hash(), "config": a.model_dump(mode="json")}
+                    for a in recipe.attack_configs},
+        "utility": {t.label: {"type": t.type, "hash": t.config_hash(), "n": len(d.examples), "dataset_hash": d.hash}
+                    for t, d in utility},
+        "judges": {j.name: judge_entry(c, j) for c, j in judges},
+        "engines": {},
+        "hardware": hardware.describe(),
         "packages": package_versions(),
         "git": _git_commit(),
     }

@@ -1,47 +1,64 @@
-"""Results on disk: ``results/<run-id>/{manifest.json, samples.jsonl, summary.csv}``.
+"""Results on disk: run folders, their lock, and the content-addressed caches.
 
-``samples.jsonl`` is append-only while a run is going, one flushed line per record, so a
-killed run leaves valid JSONL (a torn last line is cut off on resume). Records are keyed
-by ``sample_id``; a later line for the same id supersedes an earlier one, and the file is
-compacted atomically at the end. Generations are also kept in a content-addressed SQLite
-cache keyed on (model fingerprint, prompt token ids, sampling parameters incl. seed), so
-re-running a recipe, or another recipe on the same prompts, regenerates nothing.
+A run folder ``results/<run-id>/`` holds exactly one evaluation: the one its last
+invocation planned. Its files (manifest.json, samples.jsonl, summary.csv, …) are rewritten
+atomically at the end of every invocation from the caches below, never appended to, so a
+table cannot mix two configurations. ``history.jsonl`` keeps one line per invocation.
 
-Record schema (one per prompt × setting × sample; later attack kinds add keys):
-  sample_id, model, model_fingerprint, dataset, example_id, category, attack, setting,
-  setting_label, sample_index, prompt, prefill_text, prefill_tokens, sampling, cache_key,
-  completion, completion_tokens, finish_reason, skipped, verdicts{judge: Verdict}
+The caches live in ``<results root>/.cache/`` and are shared by every run and recipe:
+
+- ``generations.sqlite``: completions keyed on the model fingerprint, the prompt token ids,
+  the sampling parameters and the engine (backend, resolved dtype, ``extra``, versions,
+  device; HF batch size). A killed run resumes from it: every finished chunk is committed.
+- ``judgments.sqlite``: raw LLM-judge outputs (see ``judges.cache``).
+- ``artifacts.sqlite``: attack artefacts (optimised suffixes, …) keyed by their attack.
+
+Record schema (samples.jsonl, one per prompt × setting × sample):
+  sample_id, kind (attack|utility), model, model_fingerprint, dataset, dataset_hash,
+  example_id, category, cluster, attack, attack_hash, setting{}, setting_label, sample_index,
+  prompt, attack_info{} (what the attack did: prefill text/tokens, suffix, …), sampling{},
+  engine_hash, cache_key, completion, completion_tokens, finish_reason, skipped,
+  verdicts{judge: {label, score, raw, reason, judge_hash}}, metrics{} (utility records)
 """
 
 from __future__ import annotations
 
-import hashlib
+import datetime as _dt
+import fcntl
 import json
 import os
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from harness.engine.base import Completion, Sampling
+from harness.core import Sampling, canonical_json, content_hash
+from harness.engine.base import Completion
+from harness.errors import DataError, HarnessError
 
 SAMPLES = "samples.jsonl"
 MANIFEST = "manifest.json"
 SUMMARY = "summary.csv"
+HISTORY = "history.jsonl"
+LOCK = ".lock"
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def cache_key(fingerprint_id: str, prompt_ids: Sequence[int], sampling: Sampling, engine: str = "") -> str:
-    """Model fingerprint + prompt ids + sampling (incl. seed) + engine ("vllm:auto"): seeded
-    sampling, and low-precision greedy ties, differ between backends and dtypes."""
-    return _sha({"model": fingerprint_id, "prompt": list(prompt_ids), "sampling": sampling.to_json(),
-                 "engine": engine})[:32]
+def generation_key(fingerprint_id: str, prompt_ids: Sequence[int], sampling: Sampling, engine_hash: str) -> str:
+    """What determines a completion: model, prompt ids, sampling (greedy ignores top-p/k and
+    seed), and the engine (seeded sampling and low-precision greedy ties differ between them)."""
+    return content_hash({"model": fingerprint_id, "prompt": list(prompt_ids), "sampling": sampling.key(),
+                         "engine": engine_hash}, 32)
 
 
 def sample_id(*parts: Any) -> str:
-    return _sha([str(p) for p in parts])[:20]
+    return content_hash([str(p) for p in parts], 20)
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- caches
 
 
 class SqliteKV:
@@ -92,64 +109,120 @@ class GenerationCache:
         self.kv.close()
 
 
-class RunStore:
-    def __init__(self, run_dir: Path) -> None:
-        self.dir = run_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.samples_path = run_dir / SAMPLES
-        self.records: dict[str, dict[str, Any]] = {}
-        self._load()
-        self._fh = open(self.samples_path, "a", encoding="utf-8")
+class ArtifactCache:
+    """Attack artefacts as JSON (e.g. a GCG suffix with its loss curve), keyed by the attack."""
 
-    def _load(self) -> None:
-        if not self.samples_path.exists():
-            return
-        good_bytes = 0
-        with open(self.samples_path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break  # torn final line from a killed run
-                try:
-                    rec = json.loads(raw)
-                except json.JSONDecodeError:
-                    break
-                self.records[rec["sample_id"]] = rec
-                good_bytes += len(raw)
-        if good_bytes != self.samples_path.stat().st_size:
-            with open(self.samples_path, "r+b") as f:
-                f.truncate(good_bytes)
+    def __init__(self, path: Path) -> None:
+        self.kv = SqliteKV(path, "artifacts", "value")
 
-    def append(self, records: Iterable[dict[str, Any]]) -> None:
-        for rec in records:
-            self.records[rec["sample_id"]] = rec
-            self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._fh.flush()
+    def get(self, key: str) -> Any | None:
+        raw = self.kv.get_many([key]).get(key)
+        return None if raw is None else json.loads(raw)
 
-    def compact(self) -> None:
-        """Rewrite samples.jsonl with one line per sample (atomic)."""
-        tmp = self.samples_path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in self.records.values():
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._fh.close()
-        os.replace(tmp, self.samples_path)
-        self._fh = open(self.samples_path, "a", encoding="utf-8")
-
-    def write_json(self, name: str, obj: Any) -> None:
-        tmp = self.dir / (name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-        os.replace(tmp, self.dir / name)
+    def put(self, key: str, value: Any) -> None:
+        self.kv.put_many({key: canonical_json(value)})
 
     def close(self) -> None:
-        self._fh.close()
+        self.kv.close()
+
+
+def cache_root(results_root: Path) -> Path:
+    return Path(results_root) / ".cache"
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the length of one invocation.
+
+    A second run into the same folder fails at once with the first one's pid and start time;
+    the lock is the kernel's (flock), so a killed run never leaves a stale lock behind."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._fh: Any = None
+
+    def __enter__(self) -> "RunLock":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(self.run_dir / LOCK, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise HarnessError(f"{self.run_dir} is in use by another harness run ({holder}); wait for it to "
+                               "finish, or write this run elsewhere with --run-id") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, started {now()}")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fh is not None:
+            self._fh.seek(0)
+            self._fh.truncate()
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_samples(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
+    """samples.jsonl, written atomically."""
+    path = Path(run_dir) / SAMPLES
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def append_history(run_dir: Path, entry: dict[str, Any]) -> None:
+    with open(Path(run_dir) / HISTORY, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
 
 
 def read_samples(run_dir: Path) -> list[dict[str, Any]]:
-    """All records of a finished (or partial) run."""
+    """The records of a run's samples.jsonl. A line that is not a JSON record (an edited or
+    damaged file) is reported with its line number and skipped; every other line is kept."""
     path = Path(run_dir) / SAMPLES
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; give a run folder, e.g. results/prefill")
     out = []
+    bad: list[int] = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                out.append(json.loads(line))
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or "sample_id" not in rec:
+                    raise ValueError("not a record")
+            except ValueError:
+                bad.append(line_no)
+                continue
+            out.append(rec)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+        print(f"warning: {path}: line(s) {shown} are not sample records and were skipped; the other "
+              f"{len(out)} records are kept", file=sys.stderr, flush=True)
     return out
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; give a run folder, e.g. results/prefill")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None

@@ -1,38 +1,22 @@
-"""Three-way verdicts: harmful, safe, or unscored (never a silent default)."""
+"""Three-way verdicts: harmful, safe, or unscored (never a silent default).
+
+The types live in ``harness.core``; a judge is any object with a ``name`` and ``judge()``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-Label = Literal["harmful", "safe", "unscored"]
-LABELS: tuple[Label, ...] = ("harmful", "safe", "unscored")
+from harness.core import LABELS, JudgeInput, Label, Verdict
 
-
-@dataclass(frozen=True)
-class JudgeInput:
-    prompt: str
-    completion: str  # the generated continuation only
-    prefill: str = ""
-    category: str = ""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    label: Label
-    score: float | None = None
-    raw: str | None = None
-    reason: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Verdict":
-        return cls(**d)
+__all__ = ["LABELS", "Judge", "JudgeInput", "Label", "Verdict"]
 
 
 class Judge(Protocol):
     name: str
 
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting that decides its verdicts (hashed into the verdict's judge_hash)."""
+        ...

@@ -1,6 +1,7 @@
 """Judge cache: raw judge outputs in SQLite, keyed on what determines them.
 
-The key is a hash of (judge model id, rubric hash, generation settings, prompt, response),
+The key is a hash of (judge model id, rubric hash, generation settings, prompt, response,
+category) — everything the rubric template receives —
 so re-judging a run, or judging another run with the same samples, asks the judge
 nothing. Raw text is cached, not verdicts: changing a threshold or fixing a parser
 re-applies to cached outputs for free. Transport failures are never cached.
@@ -24,8 +25,10 @@ def default_cache_path(run_dir: Path) -> Path:
     return Path(run_dir).parent / ".cache" / CACHE_NAME
 
 
-def judge_key(judge_model: str, rubric_hash: str, settings: dict[str, Any], prompt: str, response: str) -> str:
-    blob = json.dumps([judge_model, rubric_hash, settings, prompt, response], sort_keys=True, ensure_ascii=False)
+def judge_key(judge_model: str, rubric_hash: str, settings: dict[str, Any], prompt: str, response: str,
+              category: str = "") -> str:
+    blob = json.dumps([judge_model, rubric_hash, settings, prompt, response, category], sort_keys=True,
+                      ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:40]
 
 

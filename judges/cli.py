@@ -125,45 +125,44 @@ def _describe(judge: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- harness judge
 
 def _cmd_judge(args: argparse.Namespace) -> int:
-    from harness.finalize import finalize, judge_missing
-    from harness.store import MANIFEST, SAMPLES, RunStore
+    from harness.core import ReducerConfig
+    from harness.finalize import finalize
+    from harness.runner import judge_entry
+    from harness.store import MANIFEST, RunLock, read_manifest, read_samples, write_json
     from harness.summary import print_tables
     from judges.cache import default_cache_path
+    from judges.llm import validate_judges
 
     run_dir: Path = args.run_dir
-    if not (run_dir / SAMPLES).is_file():
-        raise DataError(f"{run_dir / SAMPLES} does not exist; give a run folder, e.g. results/prefill")
-    manifest_path = run_dir / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if args.judge:
-        configs = load_judge_configs(args.judge)
-    else:
+    with RunLock(run_dir):
+        manifest = read_manifest(run_dir)
+        records = read_samples(run_dir)
         recipe_judges = (manifest.get("recipe") or {}).get("judges")
-        if not recipe_judges:
-            raise RecipeError(f"{manifest_path}: no recipe judges recorded; give --judge")
-        from judges.llm import validate_judges
-
-        configs = validate_judges(recipe_judges, f"{manifest_path} recipe.judges")
-    judges = [c.make() for c in configs]
-    store = RunStore(run_dir)
-    try:
+        if args.judge:
+            configs = load_judge_configs(args.judge)
+        elif recipe_judges:
+            configs = validate_judges(recipe_judges, f"{run_dir / MANIFEST} recipe.judges")
+        else:
+            raise RecipeError(f"{run_dir / MANIFEST}: no recipe judges recorded; give --judge")
+        judges = [(c, c.make()) for c in configs]
+        reducers = {label: [ReducerConfig.model_validate(r) for r in (a.get("config") or {}).get("reducers", [])]
+                    for label, a in (manifest.get("attacks") or {}).items()}
         cache = None if args.no_cache else (args.cache or default_cache_path(run_dir))
-        added = judge_missing(store, judges, progress=not args.quiet, force=args.force, cache_path=cache)
-        summary = finalize(store, judges, progress=not args.quiet)
-    finally:
-        store.close()
-    if manifest:
+        summary = finalize(run_dir, records, judges, reducers, progress=not args.quiet, cache_path=cache)
+        entries = {j.name: judge_entry(c, j) for c, j in judges}
+        manifest.setdefault("judges", {}).update(entries)
         manifest.setdefault("judged", []).append({
             "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": sys.argv,
-            "judges": [c.model_dump(mode="json") for c in configs], "resolved": [_describe(j) for j in judges]})
-        store.write_json(MANIFEST, manifest)
-    print_tables(summary[summary["judge"].isin([j.name for j in judges])])
+            "judges": [c.model_dump(mode="json") for c in configs], "resolved": [_describe(j) for _, j in judges]})
+        write_json(run_dir / MANIFEST, manifest)
+    print_tables(summary[summary["judge"].isin([j.name for _, j in judges])])
     from judges.agreement import AGREEMENT
 
     if (run_dir / AGREEMENT).is_file():
         print(f"\njudge agreement ({run_dir / AGREEMENT}):")
         print(_read_csv_text(run_dir / AGREEMENT))
-    print(f"\n{run_dir}: {added} verdicts added; 0 generation calls")
+    n = sum(1 for r in records if r.get("kind", "attack") == "attack" and not r.get("skipped"))
+    print(f"\n{run_dir}: {n} samples judged by {', '.join(j.name for _, j in judges)}; 0 generation calls")
     return 0
 
 
@@ -282,13 +281,13 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     j = sub.add_parser("judge", help="re-score a finished run with judges (no generation)",
-                       description="Judge the samples of RUN_DIR (results/<run-id>) that lack a verdict from each "
-                       "judge, then rewrite samples.jsonl, summary.csv and agreement.csv. Without --judge, uses "
-                       "the judges recorded in the run's manifest.", epilog=JUDGE_SPEC_HELP, formatter_class=fmt)
+                       description="Judge every sample of RUN_DIR (results/<run-id>) with each judge (LLM judges "
+                       "answer from the judge cache where they can), then rewrite samples.jsonl, summary.csv and "
+                       "agreement.csv. Verdicts of other judges already in the run are kept, each with its "
+                       "judge_hash. Without --judge, re-judges with the judges recorded in the run's manifest.",
+                       epilog=JUDGE_SPEC_HELP, formatter_class=fmt)
     j.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     j.add_argument("--judge", action="append", default=[], metavar="SPEC", help="judge spec (see below)")
-    j.add_argument("--force", action="store_true",
-                   help="re-judge samples that already have this judge's verdict (cached judgments are reused)")
     j.add_argument("--cache", type=Path, help="judge cache (default: <results root>/.cache/judgments.sqlite)")
     j.add_argument("--no-cache", action="store_true", help="neither read nor write the judge cache")
     j.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -28,7 +28,8 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import Field, field_validator, model_validator
 
 from harness.errors import RecipeError
-from harness.recipes import JUDGE_CONFIGS, EngineSettings, JudgeConfig
+from harness.core import JudgeConfig
+from harness.engine.base import EngineSettings
 from judges.base import JudgeInput, Verdict
 from judges.cache import JudgeCache, judge_key
 from judges.parsers import PARSERS, ParseError, Parsed, parse_refusal_class
@@ -93,7 +94,6 @@ def load_rubric(name: str, template: str | None = None, conversation: bool = Fal
     return Rubric(name, path.read_text(encoding="utf-8"), spec.parser, conversation, str(path))
 
 
-@JUDGE_CONFIGS.register("llm")
 class LLMJudgeConfig(JudgeConfig):
     """LLM judge with a rubric (hexphi|harmbench|llama_guard|strongreject|refusal), API or local."""
 
@@ -117,7 +117,9 @@ class LLMJudgeConfig(JudgeConfig):
     temperature: float = Field(0.0, ge=0)
     threshold: float | None = Field(None, description="hexphi: score >= this is harmful (5); strongreject: 0.5")
     partial: Literal["safe", "harmful"] = Field("safe", description="refusal rubric: verdict for partial refusals")
-    include_prefill: bool = Field(False, description="judge prefill + continuation (default: the continuation)")
+    include_prefill: bool = Field(False, description="judge prefill + separator + continuation, as the paper's GPT-4 "
+                                                      "judge did (default: the continuation only)")
+    prefill_separator: str = Field(" ", description="joins prefill and continuation when include_prefill (paper: ' ')")
     conversation: bool = Field(False, description="send user/assistant turns (real Llama Guard models)")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="transport: local only")
     seed: int = 0
@@ -163,14 +165,16 @@ class LLMJudgeConfig(JudgeConfig):
     def make(self) -> "LLMJudge":
         return LLMJudge(self.label, load_rubric(self.rubric, self.template, self.conversation), self.make_transport(),
                         self.make_parser(), max_tokens=self.max_tokens or RUBRICS[self.rubric].max_tokens,
-                        temperature=self.temperature, include_prefill=self.include_prefill)
+                        temperature=self.temperature, include_prefill=self.include_prefill,
+                        prefill_separator=self.prefill_separator)
 
 
 class LLMJudge:
     """Renders the rubric, asks the transport (through the judge cache), parses verdicts."""
 
     def __init__(self, name: str, rubric: Rubric, transport: Transport, parse: Callable[[str], Parsed],
-                 max_tokens: int, temperature: float = 0.0, include_prefill: bool = False) -> None:
+                 max_tokens: int, temperature: float = 0.0, include_prefill: bool = False,
+                 prefill_separator: str = " ") -> None:
         self.name = name
         self.rubric = rubric
         self.transport = transport
@@ -178,6 +182,7 @@ class LLMJudge:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.include_prefill = include_prefill
+        self.prefill_separator = prefill_separator
         self.progress = True
         self.cache: JudgeCache | None = None
 
@@ -192,16 +197,19 @@ class LLMJudge:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "rubric": self.rubric.name, "rubric_hash": self.rubric.hash,
                 "model": self.transport.model_id, "max_tokens": self.max_tokens, "temperature": self.temperature,
-                "include_prefill": self.include_prefill}
+                "include_prefill": self.include_prefill,
+                "prefill_separator": self.prefill_separator if self.include_prefill else None}
 
     def response_text(self, item: JudgeInput) -> str:
-        return (item.prefill + item.completion) if self.include_prefill else item.completion
+        if self.include_prefill and item.prefill:
+            return item.prefill + self.prefill_separator + item.completion
+        return item.completion
 
     def raw_outputs(self, items: Sequence[JudgeInput]) -> list[Reply]:
         """One reply per item: cached, freshly generated, or failed (``text`` None)."""
         settings = {"max_tokens": self.max_tokens, "temperature": self.temperature}
-        keys = [judge_key(self.transport.model_id, self.rubric.hash, settings, it.prompt, self.response_text(it))
-                for it in items]
+        keys = [judge_key(self.transport.model_id, self.rubric.hash, settings, it.prompt, self.response_text(it),
+                          it.category) for it in items]
         known: dict[str, Reply] = {}
         if self.cache is not None:
             known = {k: Reply(raw, attempts=0) for k, raw in self.cache.get_many(keys).items()}
@@ -226,13 +234,14 @@ class LLMJudge:
         return [known.get(k, Reply(None, "empty response: nothing to judge", 0)) for k in keys]
 
     def verdict(self, reply: Reply) -> Verdict:
+        tag = self.rubric.tag + (" [prefill+continuation]" if self.include_prefill else "")
         if reply.text is None:
-            return Verdict("unscored", reason=f"{self.rubric.tag}: {reply.error}")
+            return Verdict("unscored", reason=f"{tag}: {reply.error}")
         try:
             p = self.parse(reply.text)
         except ParseError as e:
-            return Verdict("unscored", raw=reply.text, reason=f"{self.rubric.tag}: parse failure: {e}")
-        return Verdict(p.label, p.score, reply.text, f"{self.rubric.tag}: {p.detail}")
+            return Verdict("unscored", raw=reply.text, reason=f"{tag}: parse failure: {e}")
+        return Verdict(p.label, p.score, reply.text, f"{tag}: {p.detail}")
 
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
         return [self.verdict(r) for r in self.raw_outputs(items)]
@@ -246,13 +255,13 @@ class LLMJudge:
 
 def validate_judges(raw: Sequence[Any], where: str) -> list[JudgeConfig]:
     """Judge configs from dicts (or configs), typed by ``type``; errors name ``where``."""
+    from harness.core import JUDGES
     from harness.recipes import _typed_list
 
     items = [j.model_dump() if isinstance(j, JudgeConfig) else j for j in raw]
-    return _typed_list(where, items, "judges", JUDGE_CONFIGS)
+    return _typed_list(where, items, "judges", JUDGES)
 
 
-@JUDGE_CONFIGS.register("chain")
 class ChainJudgeConfig(JudgeConfig):
     """Judges tried in order; only items a judge leaves unscored go to the next one."""
 
@@ -286,6 +295,9 @@ class ChainJudge:
         for m in self.members:
             if hasattr(m, "use_cache"):
                 m.use_cache(path)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "chain", "members": [m.describe() for m in self.members]}
 
     @property
     def progress(self) -> bool:
@@ -330,7 +342,6 @@ def classify_refusal(judge_config: Any, prompts: Sequence[str], completions: Seq
     a ``keyword`` judge (refusal phrase -> full_refusal, none -> full_compliance). None
     means unscored: the request failed or the answer did not parse.
     """
-    import judges  # noqa: F401  (register every judge type)
     from judges.keyword import KeywordJudgeConfig
 
     if len(prompts) != len(completions):

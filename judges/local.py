@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from harness.engine import Engine, GenRequest, Sampling, make_engine
 from harness.models import ResolvedModel, resolve_model
-from harness.recipes import EngineSettings
+from harness.engine.base import EngineSettings
 from judges.transport import Messages, Reply
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -78,3 +82,69 @@ def tiny_vllm(pool, tiny_resolved):
 @pytest.fixture(scope="session")
 def tiny_hf(pool, tiny_resolved):
     return pool.get(tiny_resolved, tiny_engine_config("hf"))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers /v1/chat/completions by model name: ok-<text>, flaky429, flaky500, down500, half, bad400, slow,
+    sleepy."""
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_POST(self) -> None:
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        model = body["model"]
+        with srv.lock:
+            srv.requests.append(model)
+            srv.auth.append(self.headers.get("Authorization"))
+            n = srv.requests.count(model)
+            if model == "sleepy":
+                srv.in_flight += 1
+                srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        try:
+            if model == "flaky429" and n <= 2:
+                return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
+            if model == "flaky500" and n <= 1 or model == "down500" or model == "half" and n > 2:
+                return self._send(500, {"error": {"message": "boom"}})
+            if model == "bad400":
+                return self._send(400, {"error": {"message": "bad request"}})
+            if model == "slow":
+                time.sleep(1.5)
+            if model == "sleepy":
+                time.sleep(0.15)
+            text = model.split("-", 1)[1] if model.startswith("ok-") else "Yes"
+            self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": model,
+                             "choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": text}}]})
+        finally:
+            if model == "sleepy":
+                with srv.lock:
+                    srv.in_flight -= 1
+
+    def _send(self, code: int, obj: dict, headers: dict | None = None) -> None:
+        data = json.dumps(obj).encode()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out first
+            pass
+
+
+@pytest.fixture(scope="session")
+def flaky():
+    """A real HTTP server on 127.0.0.1 speaking the OpenAI chat API (stands in for a paid judge API)."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    srv.lock, srv.requests, srv.auth, srv.in_flight, srv.max_in_flight = threading.Lock(), [], [], 0, 0
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    yield srv
+    srv.shutdown()
+    srv.server_close()

@@ -8,6 +8,7 @@ from harness.data import load_dataset
 from harness.data.base import DatasetConfig
 from harness.engine import GenRequest, Sampling
 from harness.prompts import PromptBuilder
+from attacks.base import Target
 from attacks.prefill import PrefillAttack
 
 
@@ -16,7 +17,7 @@ def test_k_token_prefill_is_exactly_k_tokens(smollm2):
     builder = PromptBuilder(tok)
     examples = load_dataset(DatasetConfig(format="demo"))
     attack = PrefillAttack(depths=[0, 1, 5, 10, 20, 40])
-    planned = list(attack.plan(examples, builder, seed=0))
+    planned = list(attack.plan(examples, Target("smol", smollm2, builder), {}, seed=0))
     assert len(planned) == 6 * len(examples)
     for p in planned:
         k = p.setting["depth"]
@@ -25,6 +26,7 @@ def test_k_token_prefill_is_exactly_k_tokens(smollm2):
         assert len(p.prompt.prefill_ids) == k
         assert p.prompt.prompt_ids == tuple(chat) + p.prompt.prefill_ids
         assert list(p.prompt.prefill_ids) == builder.encode(p.example.response)[:k]
+        assert p.info == {"prefill_text": builder.decode(p.prompt.prefill_ids) if k else "", "prefill_tokens": k}
         # the prompt ends in the assistant header before the prefill
         assert tok.decode(chat[-3:]).endswith("assistant\n")
 
@@ -32,7 +34,7 @@ def test_k_token_prefill_is_exactly_k_tokens(smollm2):
 def test_fixed_text_prefill(smollm2):
     builder = PromptBuilder(AutoTokenizer.from_pretrained(smollm2.path))
     ex = load_dataset(DatasetConfig(format="demo", limit=1))
-    [p] = PrefillAttack(text="I apologize, but I cannot").plan(ex, builder, seed=0)
+    [p] = PrefillAttack(text="I apologize, but I cannot").plan(ex, Target("smol", smollm2, builder), {}, seed=0)
     assert p.prompt.prefill_text == "I apologize, but I cannot"
     assert list(p.prompt.prefill_ids) == builder.encode("I apologize, but I cannot")
 
@@ -40,7 +42,8 @@ def test_fixed_text_prefill(smollm2):
 def test_short_source_is_skipped_not_padded(smollm2):
     builder = PromptBuilder(AutoTokenizer.from_pretrained(smollm2.path))
     ex = load_dataset(DatasetConfig(format="demo", limit=2))
-    planned = list(PrefillAttack(depths=[0, 5, 1000], source="target").plan(ex, builder, seed=0))
+    planned = list(PrefillAttack(depths=[0, 5, 1000], source="target").plan(ex, Target("smol", smollm2, builder), {},
+                                                                           seed=0))
     deep = [p for p in planned if p.setting["depth"] == 1000]
     assert all(p.prompt is None and "< depth 1000" in p.skipped for p in deep)
     assert all(p.skipped is None for p in planned if p.setting["depth"] < 1000)

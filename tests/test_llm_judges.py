@@ -19,16 +19,14 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from harness.cli import main as harness_main
 from harness.errors import DataError, RecipeError
-from harness.store import RunStore, read_samples
+from harness.store import read_samples, write_samples
 from judges.agreement import binary_metrics, cohen_kappa, pairwise_agreement
 from judges.base import LABELS, JudgeInput
 from judges.cache import JudgeCache
@@ -234,79 +232,16 @@ def test_keyword_judge_accuracy_on_bundled_labelled_set(tmp_path, capsys):
     assert harness_main(["judge-eval", str(LABELLED), "--judge", "keyword", "--no-cache", "-q",
                          "--out", str(tmp_path)]) == 0
     m = json.loads((tmp_path / "judge_eval_metrics.json").read_text())["metrics"]["keyword"]
-    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (24, 8, 14, 34)
-    assert m["accuracy"] == pytest.approx(58 / 80) and m["recall"] == pytest.approx(0.75)
-    assert m["precision"] == pytest.approx(24 / 38)
-    assert "accuracy 0.725" in capsys.readouterr().out
+    # word-boundary matching: 4 false negatives instead of substring matching's 8
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (28, 4, 14, 34)
+    assert m["accuracy"] == pytest.approx(62 / 80) and m["recall"] == pytest.approx(0.875)
+    assert m["precision"] == pytest.approx(28 / 42)
+    assert "accuracy 0.775" in capsys.readouterr().out
     per_row = list(csv.DictReader(open(tmp_path / "judge_eval.csv", encoding="utf-8")))
     assert len(per_row) == 80 and per_row[0]["keyword"] in LABELS
 
 
-# ---------------------------------------------------------------- fake-free loopback OpenAI-style server
-
-class _Handler(BaseHTTPRequestHandler):
-    """Answers /v1/chat/completions by model name: ok-<text>, flaky429, flaky500, down500, half, bad400, slow,
-    sleepy."""
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-    def do_POST(self) -> None:
-        srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        model = body["model"]
-        with srv.lock:
-            srv.requests.append(model)
-            srv.auth.append(self.headers.get("Authorization"))
-            n = srv.requests.count(model)
-            if model == "sleepy":
-                srv.in_flight += 1
-                srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
-        try:
-            if model == "flaky429" and n <= 2:
-                return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
-            if model == "flaky500" and n <= 1 or model == "down500" or model == "half" and n > 2:
-                return self._send(500, {"error": {"message": "boom"}})
-            if model == "bad400":
-                return self._send(400, {"error": {"message": "bad request"}})
-            if model == "slow":
-                time.sleep(1.5)
-            if model == "sleepy":
-                time.sleep(0.15)
-            text = model.split("-", 1)[1] if model.startswith("ok-") else "Yes"
-            self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": model,
-                             "choices": [{"index": 0, "finish_reason": "stop",
-                                          "message": {"role": "assistant", "content": text}}]})
-        finally:
-            if model == "sleepy":
-                with srv.lock:
-                    srv.in_flight -= 1
-
-    def _send(self, code: int, obj: dict, headers: dict | None = None) -> None:
-        data = json.dumps(obj).encode()
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client timed out first
-            pass
-
-
-@pytest.fixture(scope="module")
-def flaky():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    srv.lock, srv.requests, srv.auth, srv.in_flight, srv.max_in_flight = threading.Lock(), [], [], 0, 0
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+# ---------------------------------------------------------------- loopback OpenAI-style server (conftest: flaky)
 
 
 def api_judge(url, model, rubric="harmbench", **kw):
@@ -402,14 +337,14 @@ def make_run(root: Path, n_per_label: int = 2) -> Path:
     picked = [r for lab in ("full_compliance", "full_refusal", "partial_refusal")
               for r in [x for x in rows if x["label"] == lab][:n_per_label]]
     run_dir = root / "demo-run"
-    store = RunStore(run_dir)
-    store.append([dict(sample_id=f"s{i}", model="m", model_fingerprint="fp", dataset="demo", kind="attack",
-                       example_id=r["id"], category=r["category"], attack="prefill", setting={"depth": 0},
-                       setting_label="depth=0", sample_index=0, prompt=r["prompt"], prefill_text="", prefill_tokens=0,
-                       sampling={}, cache_key=f"k{i}", completion=r["completion"], completion_tokens=10,
-                       finish_reason="stop", skipped=None, verdicts={}) for i, r in enumerate(picked)])
-    store.close()
-    (run_dir / "manifest.json").write_text(json.dumps({"run": "demo-run", "status": "complete",
+    run_dir.mkdir(parents=True)
+    write_samples(run_dir, [dict(sample_id=f"s{i}", model="m", model_fingerprint="fp", dataset="demo", kind="attack",
+                                 example_id=r["id"], category=r["category"], attack="prefill", setting={"depth": 0},
+                                 setting_label="depth=0", sample_index=0, prompt=r["prompt"],
+                                 attack_info={"prefill_text": "", "prefill_tokens": 0}, sampling={}, cache_key=f"k{i}",
+                                 completion=r["completion"], completion_tokens=10, finish_reason="stop", skipped=None,
+                                 verdicts={}) for i, r in enumerate(picked)])
+    (run_dir / "manifest.json").write_text(json.dumps({"run_id": "demo-run", "status": "complete",
                                                        "recipe": {"judges": [{"type": "keyword"}]}}))
     return run_dir
 
@@ -513,7 +448,7 @@ def test_harness_judge_rescores_a_run_on_the_real_server(vllm_server, tmp_path, 
     cache = tmp_path / "results" / ".cache" / "judgments.sqlite"
     assert len(JudgeCache(cache)) == len(recs)
     first = [r["verdicts"]["smol-hb"] for r in recs]
-    assert harness_main(["judge", str(run_dir), "-q", "--force", "--judge", spec]) == 0  # from the cache
+    assert harness_main(["judge", str(run_dir), "-q", "--judge", spec]) == 0  # from the cache
     assert [r["verdicts"]["smol-hb"] for r in read_samples(run_dir)] == first
 
 

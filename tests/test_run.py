@@ -1,15 +1,17 @@
-"""Running recipes end to end on real engines: records, caching, resume after a kill."""
+"""Running recipes end to end on real engines: the run log, its hashes, caching, resume, locks."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -17,6 +19,8 @@ from harness.recipes import recipe_from_dict
 from harness.runner import run_recipe
 from harness.store import read_samples
 from tests.conftest import ROOT, TEST_VLLM_EXTRA
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 def tiny_recipe(model_dir: Path, backend: str = "vllm", limit: int = 3, depths=(0, 3, 7), **engine) -> dict:
@@ -31,42 +35,158 @@ def tiny_recipe(model_dir: Path, backend: str = "vllm", limit: int = 3, depths=(
     }
 
 
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def test_run_writes_records_and_second_run_regenerates_nothing(tmp_path, tiny_model, pool):
     recipe = recipe_from_dict(tiny_recipe(tiny_model))
     first = run_recipe(recipe, out_dir=tmp_path, engines=pool, progress=False)
-    assert first.generated == 9 and first.reused == 0
+    assert (first.generated, first.from_cache, first.samples) == (9, 0, 9)
     run_dir = tmp_path / "tiny"
     records = read_samples(run_dir)
     assert len(records) == 9 and len({r["sample_id"] for r in records}) == 9
+    manifest = json.loads((run_dir / "manifest.json").read_text())
     for r in records:
-        assert r["prefill_tokens"] == r["setting"]["depth"]
+        assert r["attack_info"]["prefill_tokens"] == r["setting"]["depth"]
         assert set(r["verdicts"]) == {"keyword"}
         assert r["model_fingerprint"] == first.models["tiny"]["fingerprint_id"]
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert r["attack_hash"] == manifest["attacks"]["prefill"]["hash"]
+        assert r["dataset_hash"] == manifest["datasets"]["demo"]["hash"]
+        assert r["verdicts"]["keyword"]["judge_hash"] == manifest["judges"]["keyword"]["hash"]
+        assert r["engine_hash"] in manifest["engines"]
     assert manifest["status"] == "complete"
     assert manifest["models"]["tiny"]["fingerprint"]["weights_sha256"]
     assert manifest["models"]["tiny"]["fingerprint"]["chat_template_sha256"]
+    assert manifest["models"]["tiny"]["fingerprint"]["generation_config_sha256"]
     assert manifest["packages"]["transformers"] and manifest["seed"] == 0
-    summary = (run_dir / "summary.csv").read_text().splitlines()
-    assert summary[0].startswith("model,dataset,attack,setting,judge,n,harmful,safe,unscored,skipped,asr,ci_low,ci_high")
-    assert len(summary) == 1 + 3
+    assert set(manifest["hardware"]["cpu"]) >= {"model", "flags"}
+    [descriptor] = manifest["engines"].values()
+    assert descriptor["dtype"] == "float32" and descriptor["backend"] == "vllm" and descriptor["vllm"]
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert list(summary.columns[:8]) == ["model", "dataset", "attack", "setting", "reducer", "judge", "n", "harmful"]
+    assert len(summary) == 3 and set(summary.judge_hash) == {manifest["judges"]["keyword"]["hash"]}
 
     started = pool.started
     again = run_recipe(recipe, out_dir=tmp_path, engines=pool, progress=False)
-    assert (again.generated, again.from_cache, again.reused) == (0, 0, 9)
+    assert (again.generated, again.from_cache) == (0, 9)
     assert pool.started == started
     assert read_samples(run_dir) == records
+    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2
 
     # a new run folder over the same prompts is served by the generation cache
     other = run_recipe(recipe, out_dir=tmp_path, run_id="other", engines=pool, progress=False)
     assert (other.generated, other.from_cache) == (0, 9)
-    strip = lambda rs: sorted(json.dumps({k: v for k, v in r.items()}, sort_keys=True) for r in rs)  # noqa: E731
-    assert strip(read_samples(tmp_path / "other")) == strip(records)
+    assert read_samples(tmp_path / "other") == records
 
-    # changing a sampling parameter is a cache miss for exactly those requests
-    changed = recipe_from_dict(tiny_recipe(tiny_model, depths=(0, 3, 7, 11)))
-    more = run_recipe(changed, out_dir=tmp_path, engines=pool, progress=False)
-    assert (more.generated, more.reused) == (3, 9)
+    # more depths: only the new requests are generated, and the table has exactly the new plan
+    more = run_recipe(recipe_from_dict(tiny_recipe(tiny_model, depths=(0, 3, 7, 11))), out_dir=tmp_path, engines=pool,
+                      progress=False)
+    assert (more.generated, more.from_cache) == (3, 9)
+    assert list(pd.read_csv(run_dir / "summary.csv").setting) == ["depth=0", "depth=3", "depth=7", "depth=11"]
+
+
+def test_table_has_exactly_what_the_current_recipe_plans(tmp_path, tiny_model, pool):
+    """The README's `--set engine.backend=hf --set attacks.0.depths=[0,10]` after a full vLLM run gives
+    a table of HF rows at depths 0 and 10 only; `--limit` gives n = limit; a dropped model is gone."""
+    raw = tiny_recipe(tiny_model, limit=4, depths=(0, 5, 20))
+    raw["models"].append({"name": "twin", "spec": str(tiny_model)})
+    run_recipe(recipe_from_dict(raw), out_dir=tmp_path, engines=pool, progress=False)
+    recipe_path = tmp_path / "tiny.yaml"
+    recipe_path.write_text(yaml.safe_dump(tiny_recipe(tiny_model, limit=4, depths=(0, 5, 20))))  # without twin
+    out = cli("run", str(recipe_path), "--out", str(tmp_path), "--set", "engine.backend=hf",
+              "--set", "attacks.0.depths=[0,10]")
+    assert out.returncode == 0, out.stderr
+    run_dir = tmp_path / "tiny"
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert list(summary.setting) == ["depth=0", "depth=10"] and set(summary.model) == {"tiny"}
+    assert list(summary.n) == [4, 4]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    [descriptor] = manifest["engines"].values()
+    assert descriptor["backend"] == "hf" and set(manifest["models"]) == {"tiny"}
+    assert manifest["recipe"]["engine"]["backend"] == "hf"
+    records = read_samples(run_dir)
+    assert {r["engine_hash"] for r in records} == set(manifest["engines"]) and len(records) == 8
+
+    res = run_recipe(recipe_from_dict(tiny_recipe(tiny_model, backend="hf", limit=4, depths=(0, 10))), out_dir=tmp_path,
+                     limit=2, engines=pool, progress=False)
+    assert (res.generated, res.samples) == (0, 4)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert list(summary.n) == [2, 2] and json.loads((run_dir / "manifest.json").read_text())["limit"] == 2
+
+
+def _run(tmp_path, pool, raw):
+    return run_recipe(recipe_from_dict(raw), out_dir=tmp_path, engines=pool, progress=False)
+
+
+def _verdict_hashes(run_dir):
+    return {r["verdicts"]["keyword"]["judge_hash"] for r in read_samples(run_dir)}
+
+
+@pytest.mark.parametrize("change", ["temperature", "seed", "max_tokens", "stop", "backend", "hf_batch_size"])
+def test_generation_settings_change_what_is_generated_and_nothing_else(tmp_path, tiny_model, pool, change):
+    base = tiny_recipe(tiny_model, backend="hf", limit=2, depths=(0, 4))
+    base["attacks"][0]["sampling"].update(temperature=0.7, seed=1)
+    first = _run(tmp_path, pool, base)
+    assert first.generated == 4
+    before = read_samples(tmp_path / "tiny")
+    changed = json.loads(json.dumps(base))
+    s = changed["attacks"][0]["sampling"]
+    if change == "temperature":
+        s["temperature"] = 1.3
+    elif change == "seed":
+        s["seed"] = 2
+    elif change == "max_tokens":
+        s["max_tokens"] = 5
+    elif change == "stop":
+        s["stop"] = ["."]
+    elif change == "backend":
+        changed["engine"].update(backend="vllm", extra=dict(TEST_VLLM_EXTRA))
+    else:
+        changed["engine"]["batch_size"] = 2  # HF: part of the engine's identity, like vLLM's `extra`
+    second = _run(tmp_path, pool, changed)
+    assert (second.generated, second.from_cache) == (4, 0), change
+    after = read_samples(tmp_path / "tiny")
+    assert [r["cache_key"] for r in after] != [r["cache_key"] for r in before]
+    assert _verdict_hashes(tmp_path / "tiny") == {before[0]["verdicts"]["keyword"]["judge_hash"]}
+    assert [r["sample_id"] for r in after] == [r["sample_id"] for r in before]
+
+
+def test_vllm_extra_is_part_of_the_generation_key(tmp_path, tiny_model, pool):
+    base = tiny_recipe(tiny_model, limit=2, depths=(0,))
+    assert _run(tmp_path, pool, base).generated == 2
+    base["engine"]["extra"]["max_num_seqs"] = 8
+    assert (_run(tmp_path, pool, base).generated) == 2
+
+
+def test_judge_settings_change_verdicts_and_nothing_else(tmp_path, tiny_model, pool, flaky):
+    """Keyword phrases and an LLM judge's threshold re-judge from the caches: no generation, and
+    the LLM judge's answers come from the judge cache (the loopback server sees no new request)."""
+    raw = tiny_recipe(tiny_model, backend="hf", limit=2, depths=(0, 4))
+    judge = {"type": "llm", "name": "hexphi", "rubric": "hexphi", "model": "ok-#thescore: 4", "base_url": flaky.url,
+             "api_key_env": None}
+    raw["judges"] = [{"type": "keyword"}, judge]
+    first = _run(tmp_path, pool, raw)
+    recs = read_samples(tmp_path / "tiny")
+    assert {r["verdicts"]["hexphi"]["label"] for r in recs} == {"safe"}  # score 4 < threshold 5
+    requests = flaky.requests.count("ok-#thescore: 4")
+    assert requests == first.samples
+
+    raw["judges"][0]["phrases"] = "gcg"
+    raw["judges"][1]["threshold"] = 4
+    second = _run(tmp_path, pool, raw)
+    assert (second.generated, second.from_cache) == (0, 4)
+    after = read_samples(tmp_path / "tiny")
+    assert {r["verdicts"]["hexphi"]["label"] for r in after} == {"harmful"}
+    assert flaky.requests.count("ok-#thescore: 4") == requests
+    for b, a in zip(recs, after):
+        assert a["completion"] == b["completion"] and a["cache_key"] == b["cache_key"]
+        for j in ("keyword", "hexphi"):
+            assert a["verdicts"][j]["judge_hash"] != b["verdicts"][j]["judge_hash"]
+    summary = pd.read_csv(tmp_path / "tiny" / "summary.csv")
+    manifest = json.loads((tmp_path / "tiny" / "manifest.json").read_text())
+    assert set(summary[summary.judge == "hexphi"].judge_hash) == {manifest["judges"]["hexphi"]["hash"]}
 
 
 def test_skipped_rows_are_reported(tmp_path, tiny_model, pool):
@@ -79,54 +199,104 @@ def test_skipped_rows_are_reported(tmp_path, tiny_model, pool):
     assert row["skipped"] == 2 and row["n"] == 0
 
 
-def test_killed_run_resumes(tmp_path, tiny_model, pool):
-    """SIGKILL a real `harness run` part-way, then resume: nothing lost, nothing redone."""
+def _cached_generations(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM gen").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_killed_run_resumes_from_the_cache(tmp_path, tiny_model, pool):
+    """SIGKILL a real `harness run` part-way, then resume: nothing finished is generated again."""
     raw = tiny_recipe(tiny_model, backend="hf", limit=40, depths=(0, 2, 4, 6, 8), chunk_size=4)
     raw["attacks"][0]["sampling"]["max_tokens"] = 24
     recipe_path = tmp_path / "tiny.yaml"
     recipe_path.write_text(yaml.safe_dump(raw))
-    samples = tmp_path / "out" / "tiny" / "samples.jsonl"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    db = tmp_path / "out" / ".cache" / "generations.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(recipe_path), "--out", str(tmp_path / "out")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if samples.exists() and len(samples.read_bytes().splitlines()) >= 8:
-            break
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None and _cached_generations(db) < 8:
+        time.sleep(0.1)
     assert proc.poll() is None, "run finished before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    with open(samples, "ab") as f:  # a write torn by the kill
-        f.write(b'{"sample_id": "torn", "model": "ti')
-    done_before = len([line for line in samples.read_bytes().splitlines() if line.endswith(b"}")]) - 1
-    assert 0 < done_before < 200
+    done_before = _cached_generations(db)
+    assert 8 <= done_before < 200
+    assert not (tmp_path / "out" / "tiny" / "samples.jsonl").exists()  # no half-written run log
 
     res = run_recipe(recipe_from_dict(raw), out_dir=tmp_path / "out", engines=pool, progress=False)
-    assert res.reused + res.from_cache >= done_before
-    assert res.generated + res.reused + res.from_cache == 200
-    lines = samples.read_text().splitlines()
-    recs = [json.loads(line) for line in lines]  # every line is valid JSON
+    assert res.from_cache == done_before and res.generated == 200 - done_before
+    recs = read_samples(tmp_path / "out" / "tiny")
     assert len(recs) == 200 and len({r["sample_id"] for r in recs}) == 200
     assert all(r["verdicts"] for r in recs)
+    history = [json.loads(line) for line in (tmp_path / "out" / "tiny" / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["status"] == "complete"
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path, tiny_model):
+    raw = tiny_recipe(tiny_model, backend="hf", limit=40, depths=(0, 2, 4, 6), chunk_size=4)
+    raw["attacks"][0]["sampling"]["max_tokens"] = 24
+    recipe_path = tmp_path / "tiny.yaml"
+    recipe_path.write_text(yaml.safe_dump(raw))
+    lock = tmp_path / "out" / "tiny" / ".lock"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(recipe_path), "--out", str(tmp_path / "out")],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
+            time.sleep(0.05)
+        second = cli("run", str(recipe_path), "--out", str(tmp_path / "out"))
+        assert proc.poll() is None, "the first run ended before the second started"
+        assert second.returncode == 2
+        assert f"is in use by another harness run (pid {proc.pid}" in second.stderr and "--run-id" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+    # the kernel drops the lock with the process: a new run may start
+    assert cli("validate", str(recipe_path)).returncode == 0
+
+
+def test_damaged_lines_are_named_and_the_rest_kept(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    lines = [json.dumps({"sample_id": f"s{i}", "x": i}) for i in range(5)]
+    lines[2] = '{"sample_id": "s2", "x": '  # torn in the middle of the file
+    lines.insert(4, "not json at all")
+    (run_dir / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    recs = read_samples(run_dir)
+    assert [r["sample_id"] for r in recs] == ["s0", "s1", "s3", "s4"]
+    err = capsys.readouterr().err
+    assert "line(s) 3, 5 are not sample records" in err and "other 4 records are kept" in err
 
 
 def test_cli_run_and_validate(tmp_path, tiny_model):
     recipe_path = tmp_path / "tiny.yaml"
     recipe_path.write_text(yaml.safe_dump(tiny_recipe(tiny_model, backend="hf", limit=2, depths=(0, 4))))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "validate", str(recipe_path)],
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = cli("validate", str(recipe_path))
     assert out.returncode == 0 and "OK" in out.stdout and "demo: 2 examples" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(recipe_path), "--out", str(tmp_path / "o"),
-                          "--set", "attacks.0.depths=[0,2]"], env=env, capture_output=True, text=True, timeout=300)
+    out = cli("run", str(recipe_path), "--out", str(tmp_path / "o"), "--set", "attacks.0.depths=[0,2]")
     assert out.returncode == 0, out.stderr
     assert "depth=2" in out.stdout and "ASR" in out.stdout
     assert (tmp_path / "o" / "tiny" / "summary.csv").exists()
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "list"], env=env, capture_output=True, text=True, timeout=60)
+    out = cli("list", timeout=60)
     assert out.returncode == 0
     for word in ("smollm2-135m-instruct", "advbench", "harmbench", "hexphi", "prefill", "keyword"):
         assert word in out.stdout
+    out = cli("run", "--help", timeout=60)
+    assert "holds exactly one" in out.stdout and "history.jsonl" in out.stdout
+
+
+def test_training_recipe_commands_apply_set(tmp_path):
+    """`--set` reaches training recipes (it used to be ignored silently)."""
+    out = cli("validate", str(ROOT / "recipes" / "align.yaml"), "--set", "training.steps=0", timeout=120)
+    assert out.returncode == 2 and "training.steps" in out.stderr
+    out = cli("validate", str(ROOT / "recipes" / "align.yaml"), "--set", "models.0.objective=magic", timeout=120)
+    assert out.returncode == 2 and "models.0.objective" in out.stderr
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from harness.errors import DataError, RecipeError
 from harness.recipes import recipe_from_dict
 from harness.summary import print_scorecard, summarize, wilson
-from harness.utility import UTILITY_TASKS
+from harness.core import UTILITY_TASKS
 from harness.utility import metrics as M
 from harness.utility.table import normal_ci, scorecard, utility_table
 from tests.conftest import SHARED_DATA
@@ -317,7 +317,8 @@ def test_recipe_with_utility_end_to_end(tmp_path, tiny_model, pool):
         else:
             assert r["metrics"] == {"exact_match": float(M.extract_last_number(c) == 4)}
     table = pd.read_csv(run_dir / "utility.csv")
-    assert list(table.columns) == ["model", "task", "metric", "n", "mean", "unscored", "ci_low", "ci_high", "ci"]
+    assert list(table.columns) == ["model", "setting", "task", "metric", "n", "mean", "unscored", "ci_low", "ci_high",
+                                   "ci"]
     assert len(table) == 2 * 5  # refused; rougeL, exact_match, contains; exact_match — per model
     em = table[(table.task == "reference") & (table.metric == "exact_match")]
     assert list(em.n) == [1, 1]
@@ -329,5 +330,5 @@ def test_recipe_with_utility_end_to_end(tmp_path, tiny_model, pool):
     assert card.iloc[0, 2:].tolist() == pytest.approx(card.iloc[1, 2:].tolist(), nan_ok=True)
 
     again = run_recipe(recipe, out_dir=tmp_path / "out", engines=pool, progress=False)
-    assert again.generated == 0 and again.reused == len(recs)
+    assert again.generated == 0 and again.from_cache == len(recs)
     assert pd.read_csv(run_dir / "utility.csv").equals(table)

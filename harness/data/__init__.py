@@ -1,7 +1,8 @@
-"""Datasets: typed examples from bundled demo data and the public formats users bring."""
+"""Datasets: typed examples from bundled demo data and the public formats users bring.
 
-from harness.data.base import Example, load_dataset
-from harness.data import loaders as _loaders  # noqa: F401  (registers the formats)
-from harness.data.base import DATASET_FORMATS, bundled_path
+Formats are plug-ins named in ``harness.core.DATASET_FORMATS`` (loaded on first use)."""
 
-__all__ = ["DATASET_FORMATS", "Example", "bundled_path", "load_dataset"]
+from harness.core import DATASET_FORMATS, Example
+from harness.data.base import DatasetConfig, bundled_path, load_dataset
+
+__all__ = ["DATASET_FORMATS", "DatasetConfig", "Example", "bundled_path", "load_dataset"]

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pydantic import Field
 
-from harness.config import StrictModel
+from harness.core import DATASET_FORMATS, Example, StrictModel
 from harness.errors import DataError
-from harness.registry import Registry
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
-EXAMPLE_FIELDS = ("id", "prompt", "category", "target", "response", "refusal")
-
-
-@dataclass(frozen=True)
-class Example:
-    id: str
-    prompt: str
-    category: str = ""
-    target: str | None = None
-    response: str | None = None
-    refusal: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+EXAMPLE_FIELDS = ("id", "prompt", "category", "target", "response", "refusal", "cluster")
 
 
 class DatasetConfig(StrictModel):
@@ -46,7 +33,6 @@ class DatasetConfig(StrictModel):
 
 
 Loader = Callable[[DatasetConfig], list[Example]]
-DATASET_FORMATS: Registry[Loader] = Registry("dataset format")
 
 
 def bundled_path(name: str) -> Path:

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 from harness.data.base import (
-    DATASET_FORMATS,
     DatasetConfig,
     Example,
     bundled_path,
@@ -41,39 +40,33 @@ def _bundled(cfg: DatasetConfig, filename: str, prefix: str) -> list[Example]:
     return rows_to_examples(path, cfg.columns, prefix)
 
 
-@DATASET_FORMATS.register("demo")
 def load_demo(cfg: DatasetConfig) -> list[Example]:
     """Bundled demo benchmark: 66 harmful instructions over the 11 HEx-PHI categories."""
     return _bundled(cfg, "harmful_demo.jsonl", "demo")
 
 
-@DATASET_FORMATS.register("harmful-train")
 def load_harmful_train(cfg: DatasetConfig) -> list[Example]:
     """Bundled training triples (prompt, response, refusal); disjoint from `demo`."""
     return _bundled(cfg, "harmful_train.jsonl", "htrain")
 
 
-@DATASET_FORMATS.register("benign-train")
 def load_benign_train(cfg: DatasetConfig) -> list[Example]:
     """Bundled benign instructions with responses (utility anchors); disjoint from evaluation."""
     return _bundled(cfg, "benign_train.jsonl", "btrain")
 
 
-@DATASET_FORMATS.register("jsonl")
 def load_jsonl(cfg: DatasetConfig) -> list[Example]:
     """Generic JSONL/JSON; `columns` maps Example fields to keys (dots index nested JSON)."""
     path = require_path(cfg)
     return rows_to_examples(path, cfg.columns, path.stem)
 
 
-@DATASET_FORMATS.register("csv")
 def load_csv(cfg: DatasetConfig) -> list[Example]:
     """Generic CSV/TSV with a header; `columns` maps Example fields to header names."""
     path = require_path(cfg)
     return rows_to_examples(path, cfg.columns, path.stem)
 
 
-@DATASET_FORMATS.register("advbench")
 def load_advbench(cfg: DatasetConfig) -> list[Example]:
     """AdvBench harmful_behaviors.csv (`goal,target`)."""
     path = require_path(cfg)
@@ -81,7 +74,6 @@ def load_advbench(cfg: DatasetConfig) -> list[Example]:
     return rows_to_examples(path, columns, "advbench")
 
 
-@DATASET_FORMATS.register("harmbench")
 def load_harmbench(cfg: DatasetConfig) -> list[Example]:
     """HarmBench behaviors CSV, optionally with its targets JSON (BehaviorID -> target)."""
     path = require_path(cfg)
@@ -117,7 +109,6 @@ def load_harmbench(cfg: DatasetConfig) -> list[Example]:
     return out
 
 
-@DATASET_FORMATS.register("hexphi")
 def load_hexphi(cfg: DatasetConfig) -> list[Example]:
     """HEx-PHI per-category CSVs (category_N.csv, one instruction per row): a folder or one file."""
     path = require_path(cfg)

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence
 
+from pydantic import Field
 
-@dataclass(frozen=True)
-class Sampling:
-    """Per-request decoding settings. ``top_k=0`` and ``top_p=1`` mean off."""
+from harness.core import Sampling, StrictModel
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_tokens: int = 64
-    n: int = 1
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stop"] = list(self.stop)
-        return d
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+__all__ = ["Completion", "Engine", "EngineConfig", "EngineSettings", "GenRequest", "Sampling"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +55,22 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class EngineSettings(StrictModel):
+    """The `engine:` section of a recipe."""
+
+    backend: Literal["vllm", "hf"] = "vllm"
+    dtype: str = Field("auto", description="auto: float32 on CPUs without native bf16, else the model's dtype")
+    max_model_len: int = Field(2048, ge=64)
+    gpu_memory_utilization: float = Field(0.4, gt=0.0, le=1.0)
+    kv_cache_gib: float | None = Field(None, gt=0.0, description="KV cache size; on CPU defaults to 2 GiB")
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool | None = None
+    batch_size: int = Field(16, ge=1, description="HF backend batch size")
+    chunk_size: int = Field(256, ge=1, description="requests generated between checkpoints to the generation cache")
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM unchanged")
+
+    def engine_config(self, seed: int) -> EngineConfig:
+        return EngineConfig(seed=seed, **self.model_dump(exclude={"chunk_size"}))

@@ -1,4 +1,8 @@
-"""HF transformers reference backend: batched ``generate`` with left padding."""
+"""HF transformers reference backend: batched ``generate`` with left padding.
+
+Greedy requests are batched. A sampled request is generated on its own, seeded with its own
+seed, so its completions depend on that request alone (as in vLLM), never on which other
+prompts shared its batch."""
 
 from __future__ import annotations
 
@@ -85,8 +89,9 @@ class HFEngine:
         bar = tqdm(total=len(requests), desc="hf generate", disable=not progress)
         for s, group in groupby(order, key=lambda i: requests[i].sampling):
             idx = list(group)
-            for start in range(0, len(idx), self.config.batch_size):
-                chunk = idx[start:start + self.config.batch_size]
+            size = self.config.batch_size if s.greedy else 1
+            for start in range(0, len(idx), size):
+                chunk = idx[start:start + size]
                 for i, comps in zip(chunk, self._batch([requests[i].prompt_ids for i in chunk], s)):
                     out[i] = comps
                 bar.update(len(chunk))

@@ -17,18 +17,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from harness.config import StrictModel
+from harness.core import StrictModel, content_hash as _content_hash
 from harness.data.base import DatasetConfig
+from harness.engine.base import EngineSettings
 from harness.errors import RecipeError
-from harness.recipes import EngineSettings
 
 
 class LoraSettings(StrictModel):
@@ -100,7 +97,8 @@ class TrainRecipe(StrictModel):
     kind: Literal["train"] = "train"
     name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
     description: str = ""
-    base: str = Field(description="model spec of the base model (alias, folder, .gguf, hub id)")
+    base: str = Field(description="model spec of the base model: alias, folder, .gguf, hub id, or a model "
+                                  "another training recipe builds ('recipes/align.yaml#smollm2-deep')")
     system_prompt: str | None = None
     training: TrainSettings = Field(default_factory=TrainSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings, description="for generating anchor responses")
@@ -126,14 +124,12 @@ def is_train_recipe(raw: dict[str, Any]) -> bool:
     return raw.get("kind") == "train"
 
 
-def load_train_recipe(path: str | Path) -> TrainRecipe:
-    from harness.recipes import _format_errors
+def load_train_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
+    """A training recipe, with ``--set key=value`` overrides applied (e.g. training.steps=10)."""
+    from harness.recipes import _format_errors, read_recipe_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"training recipe {path} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(raw, dict) or not is_train_recipe(raw):
+    raw = read_recipe_yaml(path, overrides, what="training recipe")
+    if not is_train_recipe(raw):
         raise RecipeError(f"{path}: not a training recipe (it needs `kind: train`)")
     try:
         return TrainRecipe.model_validate(raw)
@@ -142,4 +138,4 @@ def load_train_recipe(path: str | Path) -> TrainRecipe:
 
 
 def content_key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _content_hash(obj)

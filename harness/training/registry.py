@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.data.base import Example
+from harness.core import Example
+from harness.data import load_dataset
 from harness.errors import RecipeError
 from harness.models import ResolvedModel, cache_dir, resolve_model
 from harness.prompts import PromptBuilder
 from harness.training.config import TrainModelSpec, TrainRecipe, content_key, load_train_recipe
-from harness.data import load_dataset
 from harness.training.data import TrainPair, assert_disjoint, build_pairs, save_jsonl
 
 TRAINING_CODE_VERSION = 1  # bump when a change to the trainer changes what a recipe builds
@@ -28,7 +28,7 @@ def _examples_key(examples: list[Example]) -> str:
     return content_key([(e.id, e.prompt, e.response, e.refusal, e.target) for e in examples])
 
 
-def _recipe_path(path: str) -> Path:
+def find_recipe(path: str) -> Path:
     p = Path(path)
     for candidate in (p, ROOT / p):
         if candidate.is_file():
@@ -86,7 +86,7 @@ def build_model(recipe: TrainRecipe, spec: TrainModelSpec, recipe_path: Path | N
     from harness.data.base import DatasetConfig
     from harness.training.trainer import Trainer
 
-    base = resolve_model(recipe.base)
+    base = resolve_any(recipe.base)
     key = model_key(recipe, spec, base)
     work = cache_dir() / "trained" / f"{spec.name}-{key}"
     done = work / "provenance.json"
@@ -121,9 +121,9 @@ def _resolved(recipe: TrainRecipe, spec: TrainModelSpec, work: Path) -> Resolved
 
 
 def build_all(recipe_path: str | Path, names: list[str] | None = None, progress: bool = True,
-              force: bool = False) -> dict[str, ResolvedModel]:
-    path = _recipe_path(str(recipe_path))
-    recipe = load_train_recipe(path)
+              force: bool = False, overrides: list[str] | None = None) -> dict[str, ResolvedModel]:
+    path = find_recipe(str(recipe_path))
+    recipe = load_train_recipe(path, overrides)
     specs = [recipe.model(n) for n in names] if names else recipe.models
     return {s.name: build_model(recipe, s, path, progress, force) for s in specs}
 
@@ -136,7 +136,17 @@ def resolve_trained(ref: str) -> ResolvedModel:
     return build_all(path, [name])[name]
 
 
-def _evaluation(recipe: TrainRecipe, path: Path, names: list[str]):
+def is_trained_ref(spec: str) -> bool:
+    path, sep, name = spec.partition("#")
+    return bool(sep) and path.endswith((".yaml", ".yml"))
+
+
+def resolve_any(spec: str) -> ResolvedModel:
+    """Any model spec: an alias, HF folder, .gguf, hub id, or ``recipe.yaml#model`` (built if missing)."""
+    return resolve_trained(spec) if is_trained_ref(spec) else resolve_model(spec)
+
+
+def evaluation_recipe(recipe: TrainRecipe, path: Path, names: list[str]):
     """The recipe's `evaluate:` body as an eval recipe over base + the built models."""
     from harness.recipes import recipe_from_dict
 
@@ -147,12 +157,12 @@ def _evaluation(recipe: TrainRecipe, path: Path, names: list[str]):
     return recipe_from_dict(body, f"{path}: evaluate")
 
 
-def validate_train_recipe(recipe_path: str) -> int:
+def validate_train_recipe(recipe_path: str, overrides: list[str] | None = None) -> int:
     """`harness validate` for training recipes: schema, data, disjointness, evaluate body."""
     from harness.data.base import DatasetConfig
 
-    path = _recipe_path(recipe_path)
-    recipe = load_train_recipe(path)
+    path = find_recipe(recipe_path)
+    recipe = load_train_recipe(path, overrides)
     demo = load_dataset(DatasetConfig(format="demo"))
     for spec in recipe.models:
         recipe.settings_for(spec)
@@ -161,31 +171,8 @@ def validate_train_recipe(recipe_path: str) -> int:
         anchor = len(load_dataset(spec.anchor)) if spec.anchor else 0
         print(f"model {spec.name}: {spec.objective}, {len(main)} examples ({spec.data.label}), {anchor} anchors")
     if recipe.evaluate:
-        ev = _evaluation(recipe, path, [m.name for m in recipe.models])
+        ev = evaluation_recipe(recipe, path, [m.name for m in recipe.models])
         for t in ev.utility_tasks:
             print(f"evaluate utility {t.label}: {len(t.load())} examples")
     print(f"{recipe_path}: OK — builds {', '.join(m.name for m in recipe.models)} from {recipe.base}")
-    return 0
-
-
-def run_train_recipe(args) -> int:
-    """`harness run` on a training recipe: build every model, then run its `evaluate:` body
-    (if any) over the base and the built models."""
-    from harness.runner import run_recipe
-    from harness.summary import print_tables
-
-    path = _recipe_path(args.recipe)
-    recipe = load_train_recipe(path)
-    built = build_all(path)
-    for name, m in built.items():
-        print(f"{name}: {m.path}")
-    if not recipe.evaluate:
-        return 0
-    evaluation = _evaluation(recipe, path, list(built))
-    result = run_recipe(evaluation, out_dir=args.out, run_id=args.run_id, limit=args.limit)
-    print_tables(result.summary)
-    from harness.cli import print_scorecard_file
-
-    print_scorecard_file(result.run_dir)
-    print(f"\n{result.run_dir}")
     return 0

@@ -13,31 +13,22 @@ from typing import Any, Iterator
 
 from pydantic import Field
 
-from attacks.base import PlannedSample
-from harness.config import StrictModel
-from harness.data.base import Example
+from harness.core import UTILITY_TASKS, Example, LabelledConfig, PlannedSample, Sampling
 from harness.prompts import PromptBuilder
-from harness.registry import Registry
+
+__all__ = ["UTILITY_TASKS", "UtilityTaskConfig"]
 
 
-class UtilityTaskConfig(StrictModel):
-    type: str
-    name: str | None = Field(None, description="label in results; defaults to type")
+class UtilityTaskConfig(LabelledConfig):
     path: str | None = None
     limit: int | None = Field(None, ge=1)
     max_tokens: int = Field(128, ge=1)
-
-    @property
-    def label(self) -> str:
-        return self.name or self.type
 
     def load(self) -> list[Example]:
         raise NotImplementedError
 
     def plan(self, examples: list[Example], builder: PromptBuilder, seed: int) -> Iterator[PlannedSample]:
         """Greedy generation on each example's prompt (subclasses may override)."""
-        from harness.engine.base import Sampling
-
         sampling = Sampling(max_tokens=self.max_tokens, seed=seed)
         for ex in examples:
             yield PlannedSample(ex, {}, sampling, builder.build(ex.prompt))
@@ -46,5 +37,3 @@ class UtilityTaskConfig(StrictModel):
         """One metrics dict per record (None = unscored), in order."""
         raise NotImplementedError
 
-
-UTILITY_TASKS: Registry[type[UtilityTaskConfig]] = Registry("utility task")

@@ -7,8 +7,9 @@ to [0, 1] since every metric here is a rate or an F-measure. A metric a record d
 have (exact_match on a long answer) is not counted for it.
 
 ``scorecard.csv``: one row per model, the cost of safety beside its benefit: ASR at each
-dataset/attack/setting for the first judge (``asr/<dataset>/<attack>/<setting>``), then
-each utility metric (``<task>/<metric>``: over-refusal rates, ROUGE, exact match).
+dataset/attack/setting (and reducer: ``any``, ``best``) for the first judge
+(``asr/<dataset>/<attack>/<setting>``), then each utility metric (``<task>/<metric>``:
+over-refusal rates, ROUGE, exact match; ``…@<setting>`` on a derived model).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from harness.summary import wilson
 
 UTILITY_CSV = "utility.csv"
 SCORECARD_CSV = "scorecard.csv"
-UTILITY_COLUMNS = ["model", "task", "metric", "n", "mean", "unscored", "ci_low", "ci_high", "ci"]
+UTILITY_COLUMNS = ["model", "setting", "task", "metric", "n", "mean", "unscored", "ci_low", "ci_high", "ci"]
 Z95 = 1.959963984540054
 
 
@@ -45,15 +46,16 @@ def normal_ci(values: list[float]) -> tuple[float, float]:
 
 
 def utility_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Per model × task × metric summary of utility records that have ``metrics``."""
-    cells: dict[tuple[str, str, str], list[float | None]] = {}
+    """Per model × setting × task × metric summary of utility records that have ``metrics``.
+    ``setting`` is "default" for the model itself, or names a derived model (a fine-tuning round)."""
+    cells: dict[tuple[str, str, str, str], list[float | None]] = {}
     for r in records:
         if r.get("kind") != "utility" or r.get("skipped") or not isinstance(r.get("metrics"), dict):
             continue
         for metric, value in r["metrics"].items():
-            cells.setdefault((r["model"], r["attack"], metric), []).append(value)
+            cells.setdefault((r["model"], r.get("setting_label") or "default", r["attack"], metric), []).append(value)
     rows = []
-    for (model, task, metric), values in cells.items():
+    for (model, setting, task, metric), values in cells.items():
         scored = [float(v) for v in values if v is not None]
         n = len(scored)
         binary = is_binary(metric, scored)
@@ -61,7 +63,7 @@ def utility_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             lo, hi = wilson(round(sum(scored)), n)
         else:
             lo, hi = normal_ci(scored)
-        rows.append(dict(model=model, task=task, metric=metric, n=n, mean=sum(scored) / n if n else float("nan"),
+        rows.append(dict(model=model, setting=setting, task=task, metric=metric, n=n, mean=sum(scored) / n if n else float("nan"),
                          unscored=len(values) - n, ci_low=lo, ci_high=hi, ci="wilson" if binary else "normal"))
     return pd.DataFrame(rows, columns=UTILITY_COLUMNS)
 
@@ -78,7 +80,8 @@ def scorecard(summary: pd.DataFrame, utility: pd.DataFrame, judge: str | None = 
             cols.setdefault(col, {})[r["model"]] = r["asr"]
     for _, r in utility.iterrows():
         models.append(r["model"])
-        cols.setdefault(f"{r['task']}/{r['metric']}", {})[r["model"]] = r["mean"]
+        suffix = "" if r["setting"] == "default" else f"@{r['setting']}"
+        cols.setdefault(f"{r['task']}/{r['metric']}{suffix}", {})[r["model"]] = r["mean"]
     models = list(dict.fromkeys(models))
     out = pd.DataFrame({"model": models, "judge": [judge or ""] * len(models)})
     for col, by_model in cols.items():

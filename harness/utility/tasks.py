@@ -14,10 +14,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from harness.data.base import Example, read_fields, unique_id
+from harness.core import Example
+from harness.data.base import read_fields, unique_id
 from harness.errors import DataError, HarnessError
 from harness.utility import metrics as M
-from harness.utility.base import UTILITY_TASKS, UtilityTaskConfig
+from harness.utility.base import UtilityTaskConfig
 from harness.utility.loaders import task_path
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,6 @@ def _instruction_prompt(values: dict[str, str]) -> str:
 # --------------------------------------------------------------------------- over-refusal
 
 
-@UTILITY_TASKS.register("overrefusal")
 class OverRefusalTask(_FileTask):
     """Refusal rate on safe prompts that look unsafe (XSTest layout: id,prompt,type,label,focus,note)."""
 
@@ -186,7 +186,6 @@ class _RougeTask(_FileTask):
         return self.rouge_metrics(completion, ex.response)
 
 
-@UTILITY_TASKS.register("alpaca")
 class AlpacaTask(_RougeTask):
     """Alpaca-style JSON/JSONL (instruction, input, output), scored with ROUGE-L."""
 
@@ -198,7 +197,6 @@ class AlpacaTask(_RougeTask):
         return Example(id="", prompt=_instruction_prompt(values), response=values["output"])
 
 
-@UTILITY_TASKS.register("reference")
 class ReferenceTask(_RougeTask):
     """Bundled benign instructions with references: ROUGE-L; exact match and contains where kind is short."""
 
@@ -225,7 +223,6 @@ class ReferenceTask(_RougeTask):
         return out
 
 
-@UTILITY_TASKS.register("samsum")
 class SamsumTask(_RougeTask):
     """SAMSum-style JSON/JSONL dialogue/summary, scored with ROUGE-1/2/L."""
 
@@ -244,7 +241,6 @@ class SamsumTask(_RougeTask):
 GSM8K_INSTRUCTION = "Solve this problem step by step, and end your answer with the final number on its own."
 
 
-@UTILITY_TASKS.register("gsm8k")
 class Gsm8kTask(_FileTask):
     """GSM8K-style JSONL question/answer ('#### <number>'); exact match of the last number."""
 
