@@ -3,9 +3,11 @@ paper's script does) vs raw vLLM `LLM.generate` on the same token prompts.
 
     python bench/prefill_throughput.py [--limit 66] [--depths 0,5,10,20,40] [--max-tokens 64]
 
-Prints generated tokens/s for each and the ratios harness/HF and harness/raw-vLLM. One
-vLLM engine serves both vLLM measurements, with its prefix cache reset in between; engine
-start-up is excluded from all three (it is measured and printed separately).
+Prints generated tokens/s for each and the ratios harness/HF and harness/raw-vLLM, with the
+CPU features seen. One vLLM engine serves both vLLM measurements, with its prefix cache reset
+in between; engine start-up is excluded from all three (it is measured and printed
+separately). Both sides use the dtype the harness picks for this machine (`dtype: auto`:
+fp32 on CPUs without native bf16, where torch emulates bf16 several times slower).
 """
 
 from __future__ import annotations
@@ -31,18 +33,23 @@ def main() -> None:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
+    from attacks.base import Target
     from attacks.prefill import PrefillAttack
+    from harness import hardware
     from harness.data import load_dataset
     from harness.data.base import DatasetConfig
+    from harness.engine import resolve_dtype
     from harness.models import resolve_model
     from harness.prompts import PromptBuilder
     from harness.recipes import recipe_from_dict
     from harness.runner import EnginePool, run_recipe
 
+    cpu = hardware.cpu_info()
+    print(f"CPU: {cpu['model']} ({cpu['cores']} cores), features: {', '.join(cpu['flags'])}")
     model = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(model.path)
     examples = load_dataset(DatasetConfig(format="demo", limit=args.limit))
-    planned = list(PrefillAttack(depths=depths).plan(examples, PromptBuilder(tok), seed=0))
+    planned = list(PrefillAttack(depths=depths).plan(examples, Target("m", model, PromptBuilder(tok)), {}, seed=0))
     prompts = [p.prompt.prompt_ids for p in planned if p.prompt is not None]
     print(f"workload: {len(prompts)} prompts ({args.limit} examples x depths {depths}), "
           f"{args.max_tokens} new tokens, greedy, model {args.model}")
@@ -78,7 +85,8 @@ def main() -> None:
     pool.close()
 
     # plain HF generate, batch 10, left padding (what the paper's evaluation script does)
-    hf = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.bfloat16).eval()
+    dtype = resolve_dtype("auto", model.path)
+    hf = AutoModelForCausalLM.from_pretrained(model.path, dtype=getattr(torch, dtype)).eval()
     tok.padding_side = "left"
     t0 = time.perf_counter()
     hf_tokens = 0
@@ -91,7 +99,7 @@ def main() -> None:
         hf_tokens += int((new != tok.pad_token_id).sum())
     hf_s = time.perf_counter() - t0
 
-    rows = [("HF generate (batch %d)" % args.hf_batch, hf_tokens, hf_s), ("raw vLLM LLM.generate", raw_tokens, raw_s),
+    rows = [(f"HF generate (batch {args.hf_batch}, {dtype})", hf_tokens, hf_s), ("raw vLLM LLM.generate", raw_tokens, raw_s),
             ("harness (vLLM)", harness_tokens, harness_s)]
     print(f"\nvLLM engine start-up: {startup:.1f} s (excluded below)")
     print(f"{'':28} {'tokens':>8} {'seconds':>9} {'tok/s':>9}")

@@ -63,10 +63,17 @@ def synthesize_column(examples: list[Example], cfg: Any, label: str, progress: b
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         tmp.replace(path)
     by_id = {r["id"]: r for r in rows}
+    refusal = None
+    if cfg.drop_refusals:
+        from judges.keyword import KeywordJudgeConfig
+
+        refusal = KeywordJudgeConfig(type="keyword").make()
     out = []
     for e in examples:
         r = by_id[e.id]
         if not r["text"] or (not r["finished"] and not cfg.keep_unfinished):
+            continue
+        if refusal is not None and refusal.match(r["text"]) is not None:
             continue
         out.append(replace(e, **{cfg.field: r["text"]}, meta={**e.meta, "synth": {"model": cfg.model,
                                                                                  "finished": r["finished"]}}))

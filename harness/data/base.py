@@ -29,6 +29,8 @@ class SynthConfig(StrictModel):
     system_prompt: str | None = None
     backend: Literal["vllm", "hf"] = "vllm"
     keep_unfinished: bool = Field(True, description="keep answers cut off at max_tokens")
+    drop_refusals: bool = Field(True, description="drop rows whose written column contains a refusal phrase "
+                                                  "(keyword judge): a harmful prefill must be harmful")
 
 
 class DatasetConfig(StrictModel):
@@ -187,8 +189,9 @@ def rows_to_examples(path: Path, columns: dict[str, str], id_prefix: str,
     return out
 
 
-def load_dataset(cfg: DatasetConfig) -> list[Example]:
-    """Load, slice ``rows``, filter by category, cap at ``limit``, then write a ``synth`` column."""
+def load_dataset(cfg: DatasetConfig, synth: bool = True) -> list[Example]:
+    """Load, slice ``rows``, filter by category, cap at ``limit``, then write a ``synth`` column
+    (unless ``synth`` is False: `harness validate` loads no model)."""
     examples = DATASET_FORMATS.get(cfg.format)(cfg)
     if cfg.rows:
         start, _, stop = cfg.rows.partition(":")
@@ -200,7 +203,7 @@ def load_dataset(cfg: DatasetConfig) -> list[Example]:
             raise DataError(f"dataset {cfg.label}: categories {missing} not present; have {sorted(known)}")
         examples = [e for e in examples if e.category in cfg.categories]
     examples = examples[: cfg.limit] if cfg.limit else examples
-    if cfg.synth is not None:
+    if cfg.synth is not None and synth:
         from harness.synth import synthesize_column
 
         examples = synthesize_column(examples, cfg.synth, cfg.label)
