@@ -58,7 +58,7 @@ def test_recipe_key_errors(tmp_path, patch, expect):
 
 
 @pytest.mark.parametrize("attacks, expect", [
-    ("[{type: gcgx}]", ["attacks.0.type", "unknown attack 'gcgx'", "allowed: prefill"]),
+    ("[{type: gcgx}]", ["attacks.0.type", "unknown attack 'gcgx'", "allowed: ", "decoding", "prefill"]),
     ("[{type: prefill, depths: [0, -3]}]", ["attacks.0.depths", "non-negative"]),
     ("[{type: prefill, sampling: {temprature: 1}}]", ["attacks.0.sampling", "temprature", "temperature"]),
     ("[{type: prefill, text: 'Sure', depths: [1]}]", ["attacks.0", "either `depths`"]),
