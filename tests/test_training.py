@@ -285,3 +285,116 @@ def test_refusal_templates_replace_the_column(smollm2):
                         refusal_templates=True)
     assert [p.target for p in again] == [p.target for p in pairs], "the choice is stable"
     assert pairs[0].target_ids[-1] == tok.eos_token_id and pairs[0].harmful_ids
+
+
+# ---- fidelity to the paper (issue 9) ----------------------------------------------------
+
+class BigramLM(torch.nn.Module):
+    """A real (if minimal) causal LM: the logits at t depend only on the token at t."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(table.clone())
+
+    def forward(self, input_ids, attention_mask=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+@pytest.mark.parametrize("mix, expected", [
+    # data rows: uniform over V=8 -> loss ln 8 = 3 ln 2 per token; anchor rows: p = 1/2 -> ln 2
+    ("weighted", 0.2 * 3 * math.log(2) + 0.8 * math.log(2)),     # α on the safety (data) term
+    # 2 data rows × 2 tokens, 4 anchor rows × 2 tokens: (4·3 ln2 + 8·ln2) / 12
+    ("token_mean", (4 * 3 * math.log(2) + 8 * math.log(2)) / 12),
+])
+def test_safety_weight_is_alpha_on_the_safety_term(mix, expected, tiny_model):
+    from harness.models import resolve_model
+    from harness.training.trainer import Trainer
+
+    V = 8
+    table = torch.zeros(V, V)
+    table[4, 5] = table[5, 6] = math.log(V - 1)  # anchor continuations: p = 7/14 = 1/2
+    main = [TrainPair(f"m{i}", "x", "r", prompt_ids=(1,), target_ids=(2, 3)) for i in range(3)]
+    anchor = [TrainPair(f"a{i}", "q", "y", prompt_ids=(4,), target_ids=(5, 6)) for i in range(5)]
+    batch = Batcher(main, anchor, batch_size=2, anchor_batch_size=4, max_length=16, pad_id=0, seed=0).micro_batch(0)
+    recipe = tiny_train_recipe(tiny_model, objective="sft")
+    spec = recipe.models[0].model_copy(update={"safety_weight": 0.2, "mix": mix})
+    trainer = Trainer(recipe, spec, resolve_model(str(tiny_model)), tiny_model, progress=False)
+    loss, stats = trainer._loss(BigramLM(table), batch, None)
+    assert float(loss.detach()) == pytest.approx(expected, abs=1e-5)
+    assert stats["main_loss"] == pytest.approx(3 * math.log(2), abs=1e-5)
+    assert stats["anchor_loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_old_anchor_weight_key_is_refused_with_the_conversion():
+    with pytest.raises(Exception) as e:
+        TrainRecipe.model_validate({"kind": "train", "name": "x", "base": "b", "models": [
+            {"name": "m", "objective": "sft", "data": {"format": "harmful-train"}, "anchor_weight": 0.2}]})
+    assert "safety_weight" in str(e.value) and "0.8" in str(e.value)
+
+
+def test_refusal_follows_the_harmful_prefix_with_a_space_on_smollm2(smollm2):
+    """'…Sure, hereI can't…' was the old join; the BPE tokenizer needs the space spelled out."""
+    from transformers import AutoTokenizer
+
+    from harness.prompts import PromptBuilder
+    from harness.training.data import build_pairs
+
+    tok = AutoTokenizer.from_pretrained(smollm2.path)
+    ex = load_dataset(DatasetConfig(format="harmful-train", limit=20))
+    pairs = build_pairs(ex, PromptBuilder(tok), "refusal", tok.eos_token_id, with_harmful=True, source="ht")
+    joins = 0
+    for p in pairs:
+        for k in range(1, min(len(p.harmful_ids), 30)):
+            text = tok.decode(list(p.prompt_ids + p.harmful_ids[:k] + p.target_after(k)), skip_special_tokens=True)
+            prefix = tok.decode(list(p.harmful_ids[:k]))
+            refusal = p.target.strip()
+            assert refusal in text
+            between = text[text.index(prefix) + len(prefix):text.index(refusal, text.index(prefix) + len(prefix) - 1)]
+            assert between in (" ", "") and (between == " ") != prefix.endswith((" ", "\n")), (prefix, between)
+            joins += between == " "
+        assert tok.decode(list(p.target_after(0))).startswith(p.target.strip()[:5]), "k = 0: no leading space"
+    assert joins > 100
+
+
+def test_constrained_weight_is_floored():
+    logp = torch.tensor([[-0.1, -0.1]], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[-30.0, -0.1]], dtype=torch.float64)  # token 0 far above the reference: 2σ(-59) ≈ 0
+    betas = torch.tensor([[2.0, 2.0]], dtype=torch.float64)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    (g,) = torch.autograd.grad(constrained_loss(logp, ref, betas, mask, weight_floor=1e-3), logp)
+    assert g[0].tolist() == pytest.approx([-1e-3 / 2, -1.0 / 2])  # −w_t / N, w = max(2σ(βΔ), 1e-3)
+    (g0,) = torch.autograd.grad(constrained_loss(logp, ref, betas, mask, weight_floor=0.0), logp)
+    assert abs(float(g0[0, 0])) < 1e-20
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_constrained_delta_is_zero_at_step_zero(tiny_model, tmp_path, precision):
+    """The reference log-probs come from the policy's own forward (same autocast), so the
+    first step's Δ = log π_ref − log π_θ is 0, not a precision gap."""
+    from harness.models import resolve_model
+    from harness.training.trainer import Trainer
+
+    recipe = tiny_train_recipe(tiny_model, objective="constrained", steps=1, mixed_precision=precision,
+                               adam_beta1=0.5)
+    Trainer(recipe, recipe.models[0], resolve_model(str(tiny_model)), tmp_path / "w", progress=False).train()
+    log = [json.loads(x) for x in (tmp_path / "w" / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["max_abs_delta"] < (1e-4 if precision == "no" else 2e-2)
+
+
+def test_rounds_are_loadable_models(tiny_model, harness_cache):
+    from transformers import AutoModelForCausalLM
+
+    from harness.training.registry import build_rounds
+
+    recipe = tiny_train_recipe(tiny_model, objective="sft", steps=3, checkpoint_every=100)
+    rounds = build_rounds(recipe, recipe.models[0], [1, 2, 3], progress=False)
+    assert [r.spec.rsplit("@", 1)[-1] for r in rounds[:2]] == ["step1", "step2"]
+    assert rounds[2].path.name == "model"
+    shas = {r.fingerprint["weights_sha256"] for r in rounds}
+    assert len(shas) == 3, "every round is a different model"
+    for r in rounds:
+        AutoModelForCausalLM.from_pretrained(r.path)
+    again = build_rounds(recipe, recipe.models[0], [1, 2, 3], progress=False)
+    assert [r.path for r in again] == [r.path for r in rounds]

@@ -37,10 +37,13 @@ class LoraSettings(StrictModel):
 
 class TrainSettings(StrictModel):
     steps: int = Field(40, ge=1, description="optimizer steps")
-    batch_size: int = Field(8, ge=1, description="main-data sequences per micro-batch")
-    anchor_batch_size: int = Field(8, ge=0, description="anchor sequences per micro-batch")
+    batch_size: int = Field(8, ge=1, description="rows of `data` (safety-recovery triples in align recipes) "
+                                                  "per micro-batch")
+    anchor_batch_size: int = Field(8, ge=0, description="utility-anchor rows per micro-batch")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(5e-5, gt=0)
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW β1 (the paper's fine-tuning attacks: 0.5)")
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
@@ -62,6 +65,8 @@ class ConstraintSettings(StrictModel):
     bias_factor: float = Field(20.0, gt=0)
     first_token_bias_factor: float = Field(5.0, gt=0)
     bias_length: int = Field(5, ge=0)
+    weight_floor: float = Field(1e-3, ge=0.0, description="per-token weight 2σ(βΔ) is clamped below at this "
+                                                           "(official code: 1e-3)")
 
 
 class AnchorSettings(DatasetConfig):
@@ -81,10 +86,24 @@ class TrainModelSpec(StrictModel):
     refusals: Literal["column", "templates"] = Field(
         "column", description="where refusals r come from: the dataset's refusal column, or built-in templates")
     anchor: AnchorSettings | None = None
-    anchor_weight: float = Field(0.2, ge=0.0, lt=1.0, description="α: loss = (1-α)·main + α·anchor")
+    safety_weight: float = Field(0.2, gt=0.0, le=1.0, description=(
+        "α of the paper's Eqn 2: loss = α·(loss on `data`) + (1-α)·(loss on `anchor`), each a token mean "
+        "(mix: weighted)"))
+    mix: Literal["weighted", "token_mean"] = Field("weighted", description=(
+        "weighted: α·data + (1-α)·anchor; token_mean: one token mean over both parts, as the official "
+        "code does (the weight then follows the batch sizes and lengths)"))
     augmentation: AugmentationSettings = Field(default_factory=AugmentationSettings)
     constraint: ConstraintSettings = Field(default_factory=ConstraintSettings)
     training: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's `training`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "anchor_weight" in raw:
+            raise ValueError("`anchor_weight` was removed: it weighted the anchor term, the reverse of the paper's α. "
+                             f"Use `safety_weight` (α on the `data` term; anchor_weight {raw['anchor_weight']} "
+                             f"meant safety_weight {1 - float(raw['anchor_weight']):g})")
+        return raw
 
     @model_validator(mode="after")
     def _check(self) -> "TrainModelSpec":

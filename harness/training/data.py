@@ -52,6 +52,17 @@ class TrainPair:
     prompt_ids: tuple[int, ...] = ()
     harmful_ids: tuple[int, ...] = ()
     target_ids: tuple[int, ...] = ()  # ends with EOS
+    # the target as it continues a harmful prefix that does not end in whitespace: " " + target,
+    # so training text reads "…phosphorus I cannot…", not "…phosphorusI cannot…" (BPE tokenizers
+    # encode "I" and " I" as different tokens; sentencepiece ones add the space by themselves)
+    joined_target_ids: tuple[int, ...] = ()
+    harmful_ends_space: tuple[bool, ...] = ()  # [k-1]: does h<=k end in whitespace?
+
+    def target_after(self, k: int) -> tuple[int, ...]:
+        """Target ids after the first ``k`` harmful tokens."""
+        if k == 0 or not self.joined_target_ids or self.harmful_ends_space[k - 1]:
+            return self.target_ids
+        return self.joined_target_ids
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -65,6 +76,7 @@ def build_pairs(examples: Sequence[Example], builder: PromptBuilder, target: str
     """Tokenize examples; a missing target/harmful field names the dataset and example id.
     With ``refusal_templates`` the refusal target comes from REFUSAL_TEMPLATES, not a column."""
     pairs = []
+    adds_space = _encoding_adds_space(builder)
     for ex in examples:
         tgt = template_refusal(ex.id) if refusal_templates and target == "refusal" else getattr(ex, target)
         if not tgt:
@@ -72,13 +84,32 @@ def build_pairs(examples: Sequence[Example], builder: PromptBuilder, target: str
         harmful = (ex.response or "") if with_harmful else ""
         if with_harmful and not harmful:
             raise DataError(f"{source}: example {ex.id!r} has no 'response' (the harmful h of an (x, h, r) triple)")
+        eos = (eos_id,) if ex.meta.get("finished", True) else ()
+        harmful_ids = tuple(builder.encode(harmful)) if harmful else ()
         pairs.append(TrainPair(
             id=ex.id, prompt=ex.prompt, target=tgt, harmful=harmful,
             prompt_ids=tuple(builder.chat_ids(ex.prompt)),
-            harmful_ids=tuple(builder.encode(harmful)) if harmful else (),
-            target_ids=tuple(builder.encode(tgt)) + ((eos_id,) if ex.meta.get("finished", True) else ()),
+            harmful_ids=harmful_ids,
+            target_ids=tuple(builder.encode(tgt)) + eos,
+            joined_target_ids=(tuple(builder.encode(tgt if adds_space else " " + tgt.lstrip())) + eos
+                               if harmful else ()),
+            harmful_ends_space=_ends_in_space(builder, harmful_ids),
         ))
     return pairs
+
+
+def _encoding_adds_space(builder: PromptBuilder) -> bool:
+    """True for tokenizers whose encoding of "I" already reads " I" after other text
+    (sentencepiece with a dummy prefix); BPE ones need the space spelled out."""
+    a, b = builder.encode("a"), builder.encode("I")
+    return builder.tokenizer.decode(a + b).startswith("a ")
+
+
+def _ends_in_space(builder: PromptBuilder, ids: Sequence[int]) -> tuple[bool, ...]:
+    """For each k = 1..len(ids): does the text of ids[:k] end in whitespace? Decoded token
+    by token (a prefix's text ends where its last token's text ends)."""
+    tok = builder.tokenizer
+    return tuple(tok.decode([i]).endswith((" ", "\n", "\t")) for i in ids)
 
 
 def assert_disjoint(train: Sequence[Example], evaluation: Sequence[Example], what: str) -> None:
@@ -125,7 +156,7 @@ class Batcher:
             depths = sample_recovery_depth(lengths, g, self.p_zero, self.max_k).tolist()
         else:
             depths = [0] * len(pairs)
-        seqs = [(p.prompt_ids + p.harmful_ids[:k], p.target_ids) for p, k in zip(pairs, depths)]
+        seqs = [(p.prompt_ids + p.harmful_ids[:k], p.target_after(k)) for p, k in zip(pairs, depths)]
         seqs += [(self.anchor[i].prompt_ids, self.anchor[i].target_ids) for i in anchor_idx]
         batch = collate(seqs, self.max_length, self.pad_id)
         batch["is_anchor"] = torch.tensor([False] * len(pairs) + [True] * len(anchor_idx))

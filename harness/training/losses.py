@@ -66,30 +66,68 @@ def beta_schedule(
     return betas
 
 
+def constrained_token_loss(
+    logp_policy: torch.Tensor,
+    logp_ref: torch.Tensor,
+    betas: torch.Tensor,
+    weight_floor: float = 1e-3,
+) -> torch.Tensor:
+    """Per-token terms of the token-wise constrained objective (Qi et al. 2025, Eqn. 3):
+
+        ℓ_t = (2/β_t) · softplus(β_t · Δ_t),   Δ_t = log π_ref(y_t | x, y_<t) − log π_θ(y_t | x, y_<t).
+
+    Its gradient is the paper's closed form (Appendix D.2), a reweighted cross-entropy:
+
+        ∇ℓ_t = −w_t · ∇ log π_θ(y_t | …),   w_t = 2·σ(β_t Δ_t),
+
+    so where π_θ has already moved far above π_ref (Δ ≪ 0) the weight → 0 and early tokens,
+    with large β_t, cannot drift far from the aligned model; as β → 0, w → 1 (plain SFT).
+    As in the official code the weight is clamped below at ``weight_floor`` (1e-3), so no
+    token is ignored entirely. The value returned is ℓ_t exactly; the gradient is that of the
+    clamped form (``surrogate + (value − surrogate).detach()``): identical wherever w_t ≥ floor.
+    """
+    delta = logp_ref - logp_policy
+    value = (2.0 / betas) * F.softplus(betas * delta)
+    weight = (2.0 * torch.sigmoid(betas * delta)).clamp(min=weight_floor).detach()
+    surrogate = -weight * logp_policy
+    return surrogate + (value - surrogate).detach()
+
+
 def constrained_loss(
     logp_policy: torch.Tensor,
     logp_ref: torch.Tensor,
     betas: torch.Tensor,
     mask: torch.Tensor,
+    weight_floor: float = 1e-3,
 ) -> torch.Tensor:
-    """Token-wise constrained fine-tuning objective (Qi et al. 2025, Eqn. 3):
-
-        L = (1/N) Σ_{b,t: mask} (2/β_t) · softplus(β_t · Δ_t),
-        Δ_t = log π_ref(y_t | x, y_<t) − log π_θ(y_t | x, y_<t),   N = Σ mask.
-
-    Its gradient is the paper's closed form (Appendix D.2):
-
-        ∇L = −(1/N) Σ 2·σ(β_t Δ_t) · ∇ log π_θ(y_t | …),
-
-    i.e. cross-entropy reweighted per token: where π_θ has already moved far above
-    π_ref (Δ ≪ 0) the weight → 0, so early tokens, with large β_t, cannot drift far from
-    the aligned model. As β → 0 the weight → 1 and the loss becomes plain SFT (up to a
-    constant). softplus is computed stably by torch for any Δ.
-    """
-    delta = logp_ref - logp_policy
-    per_token = (2.0 / betas) * F.softplus(betas * delta)
-    per_token = per_token * mask
+    """Token mean of ``constrained_token_loss`` over ``mask``: (1/N) Σ_{b,t: mask} ℓ_t."""
+    per_token = constrained_token_loss(logp_policy, logp_ref, betas, weight_floor) * mask
     return per_token.sum() / mask.sum().clamp(min=1)
+
+
+def mix_losses(
+    data_tokens: torch.Tensor,
+    data_mask: torch.Tensor,
+    anchor_tokens: torch.Tensor,
+    anchor_mask: torch.Tensor,
+    safety_weight: float = 0.2,
+    mode: str = "weighted",
+) -> torch.Tensor:
+    """Combine per-token losses of the `data` rows and the utility-anchor rows.
+
+    weighted (the paper's Eqn. 2):  α · mean_data(ℓ) + (1 − α) · mean_anchor(ℓ),  α = safety_weight;
+    token_mean (the official code):  Σ ℓ over both parts / number of supervised tokens.
+    Without anchor tokens both are mean_data(ℓ).
+    """
+    n_data, n_anchor = data_mask.sum(), anchor_mask.sum()
+    data_sum, anchor_sum = (data_tokens * data_mask).sum(), (anchor_tokens * anchor_mask).sum()
+    if n_anchor == 0:
+        return data_sum / n_data.clamp(min=1)
+    if mode == "token_mean":
+        return (data_sum + anchor_sum) / (n_data + n_anchor)
+    if mode != "weighted":
+        raise ValueError(f"unknown mix {mode!r}")
+    return safety_weight * data_sum / n_data.clamp(min=1) + (1 - safety_weight) * anchor_sum / n_anchor
 
 
 def sample_recovery_depth(

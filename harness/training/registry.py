@@ -20,7 +20,7 @@ from harness.prompts import PromptBuilder
 from harness.training.config import TrainModelSpec, TrainRecipe, content_key, load_train_recipe
 from harness.training.data import TrainPair, assert_disjoint, build_pairs, save_jsonl
 
-TRAINING_CODE_VERSION = 1  # bump when a change to the trainer changes what a recipe builds
+TRAINING_CODE_VERSION = 2  # bump when a change to the trainer changes what a recipe builds
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -62,7 +62,8 @@ def anchor_pairs(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
     return build_pairs(examples, builder, "response", eos_id, with_harmful=False, source=spec.anchor.label)
 
 
-def model_key(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel) -> str:
+def model_key(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
+              save_steps: tuple[int, ...] = ()) -> str:
     main = load_dataset(spec.data)
     anchor = load_dataset(spec.anchor) if spec.anchor else []
     # Only what the recipe sets is hashed, so a new option with a default never invalidates
@@ -75,19 +76,25 @@ def model_key(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel) ->
         "data": _examples_key(main),
         "anchor": _examples_key(anchor),
         "code": TRAINING_CODE_VERSION,
+        **({"save_steps": sorted(save_steps)} if save_steps else {}),
     })
 
 
 def build_model(recipe: TrainRecipe, spec: TrainModelSpec, recipe_path: Path | None = None,
-                progress: bool = True, force: bool = False) -> ResolvedModel:
-    """Train ``spec`` unless a finished build with the same key is cached; resumes a partial one."""
+                progress: bool = True, force: bool = False, save_steps: tuple[int, ...] | list[int] = ()
+                ) -> ResolvedModel:
+    """Train ``spec`` unless a finished build with the same key is cached; resumes a partial one.
+
+    With ``save_steps`` the intermediate models after those optimizer steps are kept too
+    (``build_rounds`` returns them)."""
+    save_steps = tuple(sorted(set(save_steps)))
     from transformers import AutoTokenizer
 
     from harness.data.base import DatasetConfig
     from harness.training.trainer import Trainer
 
     base = resolve_any(recipe.base)
-    key = model_key(recipe, spec, base)
+    key = model_key(recipe, spec, base, save_steps)
     work = cache_dir() / "trained" / f"{spec.name}-{key}"
     done = work / "provenance.json"
     if done.exists() and not force:
@@ -100,7 +107,7 @@ def build_model(recipe: TrainRecipe, spec: TrainModelSpec, recipe_path: Path | N
     anchors = anchor_pairs(recipe, spec, base, builder, tok.eos_token_id, progress)
     if progress:
         print(f"building {spec.name} ({spec.objective}) from {recipe.base} into {work}")
-    Trainer(recipe, spec, base, work, anchors, progress).train()
+    Trainer(recipe, spec, base, work, anchors, progress).train(save_steps=save_steps)
     provenance = {
         "name": spec.name, "key": key, "recipe": str(recipe_path) if recipe_path else None,
         "recipe_name": recipe.name, "base": base.to_json(), "spec": spec.model_dump(mode="json"),
@@ -115,9 +122,22 @@ def build_model(recipe: TrainRecipe, spec: TrainModelSpec, recipe_path: Path | N
     return _resolved(recipe, spec, work)
 
 
-def _resolved(recipe: TrainRecipe, spec: TrainModelSpec, work: Path) -> ResolvedModel:
-    m = resolve_model(str(work / "model"))
-    return ResolvedModel(spec=f"{recipe.name}#{spec.name}", path=m.path, source="trained", fingerprint=m.fingerprint)
+def _resolved(recipe: TrainRecipe, spec: TrainModelSpec, work: Path, folder: str = "model",
+              suffix: str = "") -> ResolvedModel:
+    m = resolve_model(str(work / folder))
+    return ResolvedModel(spec=f"{recipe.name}#{spec.name}{suffix}", path=m.path, source="trained",
+                         fingerprint=m.fingerprint)
+
+
+def build_rounds(recipe: TrainRecipe, spec: TrainModelSpec, save_steps: list[int] | tuple[int, ...],
+                 progress: bool = True) -> list[ResolvedModel]:
+    """The models after each of ``save_steps`` optimizer steps of one training run (built if
+    missing, cached like any build); the last is the finished model when it is the last step."""
+    final = build_model(recipe, spec, progress=progress, save_steps=save_steps)
+    work = final.path.parent
+    steps = recipe.settings_for(spec).steps
+    return [final if n == steps else _resolved(recipe, spec, work, f"rounds/step-{n:06d}", f"@step{n}")
+            for n in sorted(set(save_steps))]
 
 
 def build_all(recipe_path: str | Path, names: list[str] | None = None, progress: bool = True,

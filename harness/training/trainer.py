@@ -28,8 +28,9 @@ from harness.data import load_dataset
 from harness.training.data import Batcher, TrainPair, build_pairs, save_jsonl
 from harness.training.losses import (
     beta_schedule,
-    constrained_loss,
+    constrained_token_loss,
     loss_by_position,
+    mix_losses,
     response_positions,
     token_logprobs,
 )
@@ -52,19 +53,24 @@ def _lr_lambda(settings: TrainSettings):
 
 
 def reference_logprobs(model: torch.nn.Module, pairs: list[TrainPair], max_length: int, pad_id: int,
-                       batch_size: int = 8, device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """log π_ref(y_t) of every target token of every pair, computed once before training."""
+                       device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """log π_ref(y_t) of every target token of every pair, computed once before training.
+
+    ``model`` is the policy as the training loop calls it (after ``accelerator.prepare``, so
+    under the same autocast), one unpadded row at a time: Δ = log π_ref − log π_θ is then 0 at
+    step 0 up to kernel noise, instead of the bf16-vs-fp32 gap a separate fp32 pass leaves."""
     from harness.training.data import collate
 
     out: list[torch.Tensor] = []
+    was_training = model.training
     model.eval()
     with torch.no_grad():
-        for i in range(0, len(pairs), batch_size):
-            chunk = pairs[i:i + batch_size]
-            b = collate([(p.prompt_ids, p.target_ids) for p in chunk], max_length, pad_id)
+        for p in pairs:
+            b = collate([(p.prompt_ids, p.target_ids)], max_length, pad_id)
             logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
             logp, mask = token_logprobs(logits, b["labels"].to(device))
-            out.extend(logp[r][mask[r]].float().cpu() for r in range(len(chunk)))
+            out.append(logp[0][mask[0]].float().cpu())
+    model.train(was_training)
     return out
 
 
@@ -109,16 +115,23 @@ class Trainer:
         mp = self.settings.mixed_precision
         if mp == "auto":
             mp = "bf16" if _bf16_fast() else "no"
+        from accelerate.state import AcceleratorState, GradientState
+
         set_seed(self.settings.seed)
+        # one process may build several models with different precisions/accumulation; the
+        # process group (PartialState) stays, only the per-run accelerator settings are reset
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
         return Accelerator(gradient_accumulation_steps=self.settings.grad_accum, mixed_precision=mp,
                            cpu=not torch.cuda.is_available())
 
     # -- the loop ----------------------------------------------------------------------
-    def train(self, stop_after: int | None = None) -> Path | None:
+    def train(self, stop_after: int | None = None, save_steps: tuple[int, ...] = ()) -> Path | None:
         """Train into ``work_dir`` (resuming from its latest checkpoint); returns the model folder.
 
         ``stop_after`` ends this call after that many steps, checkpointed (time-boxed
-        runs; tests of resume); it returns None then."""
+        runs; tests of resume); it returns None then. After each step in ``save_steps`` a
+        plain model folder is written to ``work_dir/rounds/step-NNNNNN`` (fine-tuning rounds)."""
         s, spec = self.settings, self.spec
         acc = self._accelerator()
         model, tok = self._model_and_tokenizer()
@@ -132,24 +145,29 @@ class Trainer:
         save_jsonl(self.work_dir / "train_data.jsonl", [p.to_json() | {"role": "main"} for p in main])
         save_jsonl(self.work_dir / "anchor_data.jsonl", [p.to_json() | {"role": "anchor"} for p in self.anchor_pairs])
 
+        batcher = Batcher(main, self.anchor_pairs, s.batch_size, s.anchor_batch_size, s.max_length, pad, s.seed,
+                          augment=spec.objective == "augmented", p_zero=spec.augmentation.p_zero,
+                          max_k=spec.augmentation.max_k)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=s.lr, betas=(s.adam_beta1, s.adam_beta2), weight_decay=s.weight_decay)
+        # not prepared: a prepared scheduler steps once per process per step under multi-process
+        # launches, ending the schedule early; it is stepped once per optimizer step below
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(s))
+        model, opt = acc.prepare(model, opt)
+        acc.register_for_checkpointing(sched)
+
         ref: list[torch.Tensor] | None = None
         if spec.objective == "constrained":
             ref_path = self.work_dir / "ref_logprobs.pt"
             if ref_path.exists():
                 ref = torch.load(ref_path)
-            else:
-                model.to(acc.device)
+            else:  # the aligned model itself, before any step, at the policy's precision
                 ref = reference_logprobs(model, main, s.max_length, pad, device=acc.device)
-                torch.save(ref, ref_path)
+                if acc.is_main_process:
+                    torch.save(ref, ref_path)
 
-        batcher = Batcher(main, self.anchor_pairs, s.batch_size, s.anchor_batch_size, s.max_length, pad, s.seed,
-                          augment=spec.objective == "augmented", p_zero=spec.augmentation.p_zero,
-                          max_k=spec.augmentation.max_k)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(s))
-        model, opt, sched = acc.prepare(model, opt, sched)
         start = self._resume(acc)
+        rank, world = acc.process_index, acc.num_processes
         log_path = self.work_dir / "train_log.jsonl"
         _truncate_log(log_path, start)
         model.train()
@@ -159,20 +177,26 @@ class Trainer:
                 t0 = time.time()
                 stats: dict[str, Any] = {}
                 for micro in range(s.grad_accum):
-                    batch = {k: v.to(acc.device) for k, v in batcher.micro_batch(step * s.grad_accum + micro).items()}
+                    # each process its own micro-batch: batch_size rows per device, as in DDP
+                    index = (step * s.grad_accum + micro) * world + rank
+                    batch = {k: v.to(acc.device) for k, v in batcher.micro_batch(index).items()}
                     with acc.accumulate(model):
                         loss, stats = self._loss(model, batch, ref)
                         acc.backward(loss)
                         if acc.sync_gradients:
                             acc.clip_grad_norm_(params, s.max_grad_norm)
                         opt.step()
-                        sched.step()
+                        if acc.sync_gradients:
+                            sched.step()
                         opt.zero_grad()
                 record = {"step": step + 1, "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 3), **stats}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                if acc.is_main_process:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
                 bar.set_postfix(loss=f"{stats['loss']:.3f}")
                 bar.update(1)
+                if step + 1 in save_steps:
+                    self._export(acc, model, tok, self.work_dir / "rounds" / f"step-{step + 1:06d}")
                 if (step + 1) % s.checkpoint_every == 0 and step + 1 < s.steps:
                     self._checkpoint(acc, step + 1)
                 if stop_after is not None and step + 1 - start >= stop_after and step + 1 < s.steps:
@@ -183,12 +207,13 @@ class Trainer:
         return self._save(acc, model, tok, main)
 
     def _loss(self, model, batch: dict[str, torch.Tensor], ref: list[torch.Tensor] | None):
-        """(1−α)·main + α·anchor, each a token mean; per-position NLL of the main rows for the log."""
+        """α·data + (1−α)·anchor (``mix_losses``); per-position NLL of the data rows for the log."""
         spec = self.spec
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logp, mask = token_logprobs(logits, batch["labels"])
         anchor_rows = batch["is_anchor"][:, None]
         main_mask, anchor_mask = mask & ~anchor_rows, mask & anchor_rows
+        extra: dict[str, Any] = {}
         if spec.objective == "constrained":
             c = spec.constraint
             main_rows = (~batch["is_anchor"]).nonzero().flatten().tolist()
@@ -198,18 +223,17 @@ class Trainer:
             logp_ref[main_mask] = ref_vals.to(logp.device, logp.dtype)
             betas = beta_schedule(response_positions(main_mask), c.beta, c.bias_factor, c.first_token_bias_factor,
                                   c.bias_length)
-            main_loss = constrained_loss(logp, logp_ref, betas, main_mask)
+            main_tokens = constrained_token_loss(logp, logp_ref, betas, c.weight_floor)
+            extra["max_abs_delta"] = float(((logp_ref - logp.detach()).abs() * main_mask).max())
         else:
-            main_loss = -(logp * main_mask).sum() / main_mask.sum().clamp(min=1)
-        if anchor_mask.any():
-            anchor_loss = -(logp * anchor_mask).sum() / anchor_mask.sum()
-            loss = (1 - spec.anchor_weight) * main_loss + spec.anchor_weight * anchor_loss
-        else:
-            anchor_loss = torch.tensor(float("nan"))
-            loss = main_loss
+            main_tokens = -logp
+        loss = mix_losses(main_tokens, main_mask, -logp, anchor_mask, spec.safety_weight, spec.mix)
+        main_loss = (main_tokens.detach() * main_mask).sum() / main_mask.sum().clamp(min=1)
+        anchor_loss = ((-logp.detach() * anchor_mask).sum() / anchor_mask.sum() if anchor_mask.any()
+                       else torch.tensor(float("nan")))
         by_pos = loss_by_position(logp.detach(), main_mask, LOG_POSITIONS)
-        stats = {"loss": float(loss.detach()), "main_loss": float(main_loss.detach()),
-                 "anchor_loss": float(anchor_loss.detach()),
+        stats = {"loss": float(loss.detach()), "main_loss": float(main_loss), "anchor_loss": float(anchor_loss),
+                 **extra,
                  "mean_depth": float(batch["depth"][~batch["is_anchor"]].float().mean()),
                  "nll_by_position": [None if math.isnan(x) else round(x, 4) for x in by_pos.tolist()]}
         return loss, stats
@@ -233,19 +257,29 @@ class Trainer:
             print(f"resuming {self.spec.name} from {ckpts[-1].name}")
         return step
 
-    def _save(self, acc, model, tok, main: list[TrainPair]) -> Path:
+    def _export(self, acc, model, tok, final: Path) -> None:
+        """A plain HF folder of the current weights (LoRA merged), written atomically."""
         acc.wait_for_everyone()
         unwrapped = acc.unwrap_model(model)
         if self.settings.lora is not None:
-            unwrapped = unwrapped.merge_and_unload()
-        final = self.work_dir / "model"
-        tmp = self.work_dir / "model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+            import copy
+
+            unwrapped, state = copy.deepcopy(unwrapped).merge_and_unload(), None
+        else:
+            state = acc.get_state_dict(model)  # a collective under FSDP/DeepSpeed: every rank calls it
+        tmp = final.with_name(final.name + ".tmp")
         if acc.is_main_process:
-            unwrapped.save_pretrained(tmp, state_dict=acc.get_state_dict(model) if self.settings.lora is None else None)
+            shutil.rmtree(tmp, ignore_errors=True)
+            unwrapped.save_pretrained(tmp, state_dict=state)
             tok.save_pretrained(tmp)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
+        acc.wait_for_everyone()
+
+    def _save(self, acc, model, tok, main: list[TrainPair]) -> Path:
+        final = self.work_dir / "model"
+        self._export(acc, model, tok, final)
+        if acc.is_main_process:
             # checkpoints only serve to resume an unfinished build (optimizer state: 2x the model)
             shutil.rmtree(self.work_dir / "checkpoints", ignore_errors=True)
         return final
