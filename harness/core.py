@@ -365,6 +365,7 @@ class Registry(Generic[T]):
 ATTACKS: Registry[type[AttackConfig]] = Registry("attack", {
     "prefill": "attacks.prefill:PrefillAttack",
     "decoding": "attacks.decoding:DecodingAttack",
+    "gcg": "attacks.gcg:GCGAttack",
     "finetune": "attacks.finetune:FinetuneAttack",
 }, "harness.attacks")
 
