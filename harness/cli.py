@@ -12,7 +12,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 # Modules with `add_commands(subparsers)`; each registers its own sub-commands.
-COMMAND_MODULES: list[str] = ["harness.training.cli", "judges.cli"]
+COMMAND_MODULES: list[str] = ["harness.training.cli", "judges.cli", "harness.analyze_cli", "harness.report_cli"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -24,6 +24,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from harness.training.cli import run_train_recipe
 
         return run_train_recipe(args)
+    if read_recipe_kind(args.recipe) == "analyze":
+        from harness.analyze_cli import run_analyze_recipe
+
+        return run_analyze_recipe(args)
     recipe = load_recipe(args.recipe, args.set)
     result = run_recipe(recipe, out_dir=args.out, run_id=args.run_id, limit=args.limit)
     print_tables(result.summary)
@@ -43,8 +47,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return validate_train_recipe(args.recipe, args.set)
     recipe = load_recipe(args.recipe, args.set)
     for d in recipe.datasets:
-        n = len(load_dataset(d))
-        print(f"dataset {d.label}: {n} examples ({d.format})")
+        n = len(load_dataset(d, synth=False))
+        synth = f"; column {d.synth.field} to be written by {d.synth.model}" if d.synth else ""
+        print(f"dataset {d.label}: {n} examples ({d.format}{synth})")
     for t in recipe.utility_tasks:
         print(f"utility {t.label}: {len(t.load())} examples ({t.type})")
     models = ", ".join(m.name for m in recipe.models)

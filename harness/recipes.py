@@ -141,12 +141,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def read_recipe_kind(path: str | Path) -> str:
-    """"train" for training recipes (``kind: train``), else "eval"."""
+    """"train" for training recipes (``kind: train``), "analyze" for ``kind: analyze``, else "eval"."""
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return "eval"  # load_recipe reports the problem with its location
-    return "train" if isinstance(raw, dict) and raw.get("kind") == "train" else "eval"
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    return kind if kind in ("train", "analyze") else "eval"
 
 
 def read_recipe_yaml(path: str | Path, overrides: list[str] | None = None, what: str = "recipe") -> dict[str, Any]:
