@@ -1,0 +1,249 @@
+"""The report's charts, each drawn when its data exists (inline SVG from ``harness.plots``).
+
+- ASR by prefill depth: prefill attacks' per-setting rows (``depth=k``), one line per model;
+- ASR by decoding parameter: decoding attacks' rows (``param=…,value=…[,system=…]``), one
+  chart per parameter (temperature, top_p, top_k), one line per model × prompt variant;
+- ASR per fine-tuning round: rows whose setting has ``round=r``, one line per model × the
+  rest of the setting (e.g. ``trigger=True``);
+- attack loss curves (GCG-style): a list of losses per optimisation step in the records'
+  ``attack_info`` (keys ``LOSS_KEYS``), mean over prompts with a 95% band;
+- diagnostics runs (``harness.analyze``): KL by position, refusal log-probability by prefill
+  depth, per-position cross-entropy and gradient norm, from their CSVs.
+
+ASR is in percent with its 95% Wilson interval as a band. Several runs: series are named
+``model (run)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from harness.plots import line_chart
+from harness.rundir import AnalysisTable, RunDir, parse_setting_label
+
+LOSS_KEYS = ("losses", "loss_curve", "loss_history", "loss_trace", "loss")
+DECODING_PARAMS = ("temperature", "top_p", "top_k")
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A chart for the report: ``svg`` is markup from harness.plots (all text escaped there)."""
+
+    section: str
+    title: str
+    svg: str
+    caption: str = ""
+
+
+def _series_name(model: str, run: RunDir, several_runs: bool, extra: str = "") -> str:
+    name = model + (f" · {extra}" if extra else "")
+    return f"{name} ({run.label})" if several_runs else name
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _asr_rows(run: RunDir, attack_type: str) -> pd.DataFrame:
+    s = run.summary
+    if s is None or s.empty:
+        return pd.DataFrame()
+    keep = [run.attack_type(a) == attack_type for a in s["attack"]]
+    return s[(s["reducer"] == "sample") & pd.Series(keep, index=s.index)]
+
+
+def _add_point(series: dict[str, list[tuple[float, float]]], bands: dict[str, list[tuple[float, float, float]]],
+               name: str, x: float, row: pd.Series) -> None:
+    if not _finite(float(row["asr"])):
+        return
+    series[name].append((x, 100 * float(row["asr"])))
+    if _finite(float(row["ci_low"])) and _finite(float(row["ci_high"])):
+        bands[name].append((x, 100 * float(row["ci_low"]), 100 * float(row["ci_high"])))
+
+
+def _chart(section: str, title: str, series: dict[str, list[tuple[float, float]]],
+           bands: dict[str, list[tuple[float, float, float]]], x_label: str, caption: str,
+           y_label: str = "ASR % (95% Wilson interval)", y_range: tuple[float, float] | None = (0.0, 100.0)) -> Figure:
+    ordered = {k: sorted(v) for k, v in series.items()}
+    svg = line_chart(ordered, title=title, x_label=x_label, y_label=y_label,
+                     bands={k: sorted(v) for k, v in bands.items() if v and k in ordered}, y_range=y_range,
+                     width=640, height=360)
+    return Figure(section, title, svg, caption)
+
+
+def prefill_figures(runs: Sequence[RunDir]) -> list[Figure]:
+    groups: dict[tuple[str, str, str], tuple[dict, dict]] = {}
+    several = len(runs) > 1
+    for run in runs:
+        for _, row in _asr_rows(run, "prefill").iterrows():
+            depth = parse_setting_label(row["setting"]).get("depth")
+            if not isinstance(depth, int):
+                continue
+            series, bands = groups.setdefault((row["dataset"], row["attack"], row["judge"]),
+                                              (defaultdict(list), defaultdict(list)))
+            _add_point(series, bands, _series_name(row["model"], run, several), depth, row)
+    return [_chart("prefill", f"ASR by prefill depth — {attack} on {dataset} (judge {judge})", series, bands,
+                   "prefill depth k (tokens of the model's own tokenizer)",
+                   "Share of harmful continuations after the first k tokens of a harmful answer are prefilled.")
+            for (dataset, attack, judge), (series, bands) in groups.items() if series]
+
+
+def decoding_figures(runs: Sequence[RunDir]) -> list[Figure]:
+    groups: dict[tuple[str, str, str, str], tuple[dict, dict]] = {}
+    greedy: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    several = len(runs) > 1
+    for run in runs:
+        for _, row in _asr_rows(run, "decoding").iterrows():
+            setting = parse_setting_label(row["setting"])
+            param, value = setting.get("param"), setting.get("value")
+            variant = ", ".join(f"{k}={v}" for k, v in setting.items() if k not in ("param", "value"))
+            name = _series_name(row["model"], run, several, variant)
+            if param == "greedy" and _finite(float(row["asr"])):
+                greedy[(row["dataset"], row["attack"], row["judge"])].append(f"{name}: {100 * float(row['asr']):.1f}%")
+            if param not in DECODING_PARAMS or not _finite(value):
+                continue
+            series, bands = groups.setdefault((row["dataset"], row["attack"], row["judge"], str(param)),
+                                              (defaultdict(list), defaultdict(list)))
+            _add_point(series, bands, name, float(value), row)
+    out = []
+    for (dataset, attack, judge, param), (series, bands) in groups.items():
+        g = greedy.get((dataset, attack, judge))
+        caption = "One parameter varied, the others pinned." + (f" Greedy decoding: {'; '.join(g)}." if g else "")
+        out.append(_chart("decoding", f"ASR by {param} — {attack} on {dataset} (judge {judge})", series, bands, param,
+                          caption))
+    return out
+
+
+def round_figures(runs: Sequence[RunDir]) -> list[Figure]:
+    groups: dict[tuple[str, str, str], tuple[dict, dict]] = {}
+    several = len(runs) > 1
+    for run in runs:
+        s = run.summary
+        if s is None or s.empty:
+            continue
+        for _, row in s[s["reducer"] == "sample"].iterrows():
+            setting = parse_setting_label(row["setting"])
+            r = setting.get("round")
+            if not isinstance(r, int) or isinstance(r, bool):
+                continue
+            rest = ", ".join(f"{k}={v}" for k, v in setting.items() if k != "round")
+            series, bands = groups.setdefault((row["dataset"], row["attack"], row["judge"]),
+                                              (defaultdict(list), defaultdict(list)))
+            _add_point(series, bands, _series_name(row["model"], run, several, rest), r, row)
+    return [_chart("finetune", f"ASR per fine-tuning round — {attack} on {dataset} (judge {judge})", series, bands,
+                   "fine-tuning round (0: the model before the attack)",
+                   "Each round's checkpoint evaluated on the recipe's datasets.")
+            for (dataset, attack, judge), (series, bands) in groups.items() if series]
+
+
+def loss_curve(info: dict[str, Any], artifacts: dict[tuple[int, ...], list[float]] | None = None) -> list[float] | None:
+    """The per-step losses of an optimisation attack: a list in ``attack_info`` (keys
+    ``LOSS_KEYS``; GCG records only the final ``loss`` there), else the curve of the artefact
+    whose suffix the sample used (``attack_info.suffix_ids``) from ``artifacts``
+    (``RunDir.artifact_curves``), else None."""
+    for key in LOSS_KEYS:
+        value = info.get(key)
+        if isinstance(value, list) and value and all(_finite(v) for v in value):
+            return [float(v) for v in value]
+    ids = info.get("suffix_ids")
+    if artifacts and isinstance(ids, list):
+        try:
+            return artifacts.get(tuple(int(i) for i in ids))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _mean_band(curves: list[list[float]]) -> tuple[list[tuple[float, float]], list[tuple[float, float, float]]]:
+    points, band = [], []
+    for step in range(max(map(len, curves))):
+        vals = [c[step] for c in curves if step < len(c)]
+        mean = sum(vals) / len(vals)
+        points.append((float(step), mean))
+        if len(vals) > 1:
+            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+            half = Z95 * sd / math.sqrt(len(vals))
+            band.append((float(step), mean - half, mean + half))
+    return points, band
+
+
+def loss_figures(runs: Sequence[RunDir]) -> list[Figure]:
+    groups: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    several = len(runs) > 1
+    for run in runs:
+        seen: set[tuple[Any, ...]] = set()  # one curve per optimisation (a universal suffix serves every prompt)
+        records = run.records()
+        wants_cache = any(isinstance((r.get("attack_info") or {}).get("suffix_ids"), list) for r in records)
+        artifacts = run.artifact_curves() if wants_cache else {}
+        for r in records:
+            curve = loss_curve(r.get("attack_info") or {}, artifacts)
+            key = (r.get("model", ""), r.get("attack", ""), tuple(curve or ()))
+            if curve is None or key in seen:
+                continue
+            seen.add(key)
+            groups[r.get("attack", "")][_series_name(r.get("model", ""), run, several)].append(curve)
+    out = []
+    for attack, by_model in groups.items():
+        series, bands = {}, {}
+        for name, curves in by_model.items():
+            series[name], bands[name] = _mean_band(curves)
+        n = sum(len(c) for c in by_model.values())
+        out.append(_chart("loss", f"Attack loss by optimisation step — {attack}", series, bands, "step",
+                          f"Mean over prompts ({n} curves) with a 95% band.", y_label="loss", y_range=None))
+    return out
+
+
+def _analysis_chart(table: AnalysisTable, run: RunDir, several: bool, group: str, x: str, y: str, title: str,
+                    x_label: str, y_label: str, band: bool = True) -> Figure:
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    bands: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for row in table.rows:
+        name = (f"KL({row['a']} ‖ {row['b']})" if group == "pair" else str(row[group]))
+        name = f"{name} ({run.label})" if several else name
+        if _finite(row.get(x)) and _finite(row.get(y)) and row.get("n", 1) != 0:
+            series[name].append((row[x], row[y]))
+            if band and _finite(row.get("ci95_low")) and _finite(row.get("ci95_high")) and row.get("n", 0) > 1:
+                bands[name].append((row[x], row["ci95_low"], row["ci95_high"]))
+    return _chart("diagnostics", title, series, bands, x_label, f"From {table.stem}.csv in {run.label}.",
+                  y_label=y_label, y_range=None)
+
+
+def analysis_figures(runs: Sequence[RunDir]) -> list[Figure]:
+    several = len(runs) > 1
+    out = []
+    for run in runs:
+        for t in run.analyses:
+            if not t.rows:
+                continue
+            if t.kind == "kl":
+                out.append(_analysis_chart(t, run, several, "pair", "position", "mean",
+                                           f"KL by response position — {t.stem}", "response token position t",
+                                           "mean per-token KL (nats)"))
+            elif t.kind == "refusal":
+                out.append(_analysis_chart(t, run, several, "model", "depth", "mean_logprob",
+                                           f"Refusal log-probability by prefill depth — {t.stem}",
+                                           "prefill depth k", "mean log P(refusal prefix)"))
+            elif t.kind == "grad":
+                out.append(_analysis_chart(t, run, several, "model", "position", "mean_ce",
+                                           f"Cross-entropy on attack data by position — {t.stem}",
+                                           "response token position t", "mean cross-entropy (nats)", band=False))
+                out.append(_analysis_chart(t, run, several, "model", "position", "grad_norm",
+                                           f"Gradient norm of the per-position loss — {t.stem}",
+                                           "response token position t", "‖∇θ CE_t‖₂", band=False))
+    return out
+
+
+def all_figures(runs: Sequence[RunDir]) -> list[Figure]:
+    out: list[Figure] = []
+    for make in (prefill_figures, decoding_figures, round_figures, loss_figures, analysis_figures):
+        out += make(runs)
+    return out
+
+
+__all__: Iterable[str] = ["Figure", "LOSS_KEYS", "all_figures", "loss_curve"]
