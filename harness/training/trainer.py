@@ -190,6 +190,8 @@ class Trainer:
                             sched.step()
                         opt.zero_grad()
                 record = {"step": step + 1, "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 3), **stats}
+                if world > 1:  # which rows each process trained on (last micro-batch), rank by rank
+                    record["examples_by_rank"] = acc.gather(batch["example"][None]).tolist()
                 if acc.is_main_process:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
