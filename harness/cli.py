@@ -45,6 +45,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         from harness.training.registry import validate_train_recipe
 
         return validate_train_recipe(args.recipe, args.set)
+    if read_recipe_kind(args.recipe) == "analyze":
+        from harness.analyze_cli import validate_analyze_recipe
+
+        return validate_analyze_recipe(args.recipe, args.set)
     recipe = load_recipe(args.recipe, args.set)
     for d in recipe.datasets:
         n = len(load_dataset(d, synth=False))
