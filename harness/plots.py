@@ -20,7 +20,7 @@ import html
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["PALETTE", "bar_chart", "escape", "line_chart", "nice_ticks"]
 
@@ -229,6 +229,17 @@ def _legend(f: _Frame, names: Sequence[str], swatch: str) -> list[str]:
 # --------------------------------------------------------------------------- charts
 
 
+def _per_series(chart: str, series: Mapping[str, Any], extra: Mapping[str, Any] | None, what: str) -> dict:
+    """``extra`` (bands, error bars) keyed by series: every key must name a series."""
+    if not series:
+        raise ValueError(f"{chart}: no series")
+    extra = dict(extra or {})
+    unknown = sorted(set(extra) - set(series))
+    if unknown:
+        raise ValueError(f"{chart}: {what} for unknown series {unknown}; series are {list(series)}")
+    return extra
+
+
 def line_chart(series: Mapping[str, Sequence[Point]], title: str = "", x_label: str = "", y_label: str = "",
                bands: Mapping[str, Sequence[tuple[float, float, float]]] | None = None,
                y_range: tuple[float, float] | None = None, x_range: tuple[float, float] | None = None,
@@ -240,12 +251,7 @@ def line_chart(series: Mapping[str, Sequence[Point]], title: str = "", x_label: 
     is clipped to the plot area); otherwise each axis spans the data, widened to round ticks.
     Each series with up to 50 finite points also gets a marker per point, so a one-point
     series is visible."""
-    if not series:
-        raise ValueError("line_chart: no series")
-    bands = dict(bands or {})
-    unknown = sorted(set(bands) - set(series))
-    if unknown:
-        raise ValueError(f"line_chart: bands for unknown series {unknown}; series are {list(series)}")
+    bands = _per_series("line_chart", series, bands, "bands")
     names = [str(n) for n in series]
     clean = {n: [(float(x), float(y)) for x, y in pts if _finite(x, y)] for n, pts in zip(names, series.values())}
     clean_bands = {str(n): [(float(x), float(a), float(b)) for x, a, b in rows if _finite(x, a, b)]
@@ -295,12 +301,7 @@ def bar_chart(values: Mapping[str, Mapping[str, float]], title: str = "", x_labe
     several series). Bars start at 0 (negative values go down). ``errors[series][category]``
     is an absolute (lo, hi) interval drawn as an error bar. Missing or non-finite values draw
     no bar."""
-    if not values:
-        raise ValueError("bar_chart: no series")
-    errors = dict(errors or {})
-    unknown = sorted(set(errors) - set(values))
-    if unknown:
-        raise ValueError(f"bar_chart: errors for unknown series {unknown}; series are {list(values)}")
+    errors = _per_series("bar_chart", values, errors, "errors")
     names = [str(n) for n in values]
     cats: list[str] = []
     for row in values.values():
