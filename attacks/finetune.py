@@ -108,10 +108,12 @@ class FinetuneAttack(AttackConfig):
     def _check(self) -> "FinetuneAttack":
         from harness.training.config import TrainSettings
 
-        settings = {k: v for k, v in self.training.items()}
-        settings["steps"] = self.rounds * self.steps_per_round
-        TrainSettings.model_validate(settings)  # errors name the key
+        TrainSettings.model_validate(self.training_settings())  # errors name the key
         return self
+
+    def training_settings(self) -> dict[str, Any]:
+        """The recipe's `training`, with steps = rounds × steps_per_round."""
+        return dict(self.training, steps=self.rounds * self.steps_per_round)
 
     @property
     def evaluates_utility(self) -> bool:
@@ -121,7 +123,7 @@ class FinetuneAttack(AttackConfig):
         """The fine-tuning run as a training recipe on the target."""
         from harness.training.config import TrainRecipe
 
-        training = dict(self.training, steps=self.rounds * self.steps_per_round)
+        training = self.training_settings()
         model = {"name": f"ft-{self.data.kind}-{self.objective}", "objective": self.objective,
                  "data": {"format": "jsonl", "path": data_path}, "target": "response"}
         if self.objective == "constrained" and self.constraint:

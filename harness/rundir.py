@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from harness.errors import DataError
-from harness.store import MANIFEST, SUMMARY, read_manifest, read_samples
+from harness.store import ARTIFACTS_DB, MANIFEST, SUMMARY, ArtifactCache, cache_root, read_manifest, read_samples
 from harness.summary import COLUMNS as SUMMARY_COLUMNS
 from harness.summary import KEYS as CELL_KEYS
 from harness.utility.table import UTILITY_COLUMNS, UTILITY_CSV
@@ -29,7 +29,6 @@ ANALYSIS_COLUMNS: dict[str, tuple[str, ...]] = {
     "refusal": ("model", "depth", "n", "mean_logprob", "ci95_low", "ci95_high"),
     "grad": ("model", "position", "n", "mean_ce", "grad_norm"),
 }
-ARTIFACTS = "artifacts.sqlite"
 _TEXT_SUMMARY = CELL_KEYS + ["detail", "model_fingerprint", "dataset_hash", "attack_hash", "judge_hash"]
 
 
@@ -75,7 +74,7 @@ class RunDir:
         that a record's ``attack_info.suffix_ids`` names; {} when there is no cache (a run
         folder copied on its own) or it cannot be read."""
         if self._curves is None:
-            self._curves = read_artifact_curves(self.path.parent / ".cache" / ARTIFACTS)
+            self._curves = read_artifact_curves(cache_root(self.path.parent) / ARTIFACTS_DB)
         return self._curves
 
     def attack_type(self, attack: str) -> str:
@@ -96,7 +95,7 @@ def read_artifact_curves(path: Path) -> dict[tuple[int, ...], list[float]]:
     try:
         db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=5)
         try:
-            rows = db.execute("SELECT value FROM artifacts WHERE value LIKE '%\"losses\"%'").fetchall()
+            rows = db.execute(f"SELECT value FROM {ArtifactCache.TABLE} WHERE value LIKE '%\"losses\"%'").fetchall()
         finally:
             db.close()
     except sqlite3.Error:

@@ -33,7 +33,7 @@ from harness.finalize import finalize
 from harness.models import ResolvedModel
 from harness.prompts import PromptBuilder
 from harness.recipes import ModelConfig, Recipe
-from harness.store import (MANIFEST, ArtifactCache, GenerationCache, RunLock, append_history, cache_root,
+from harness.store import (ARTIFACTS_DB, MANIFEST, ArtifactCache, GenerationCache, RunLock, append_history, cache_root,
                            generation_key, now, sample_id, write_json)
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _run(recipe: Recipe, out_root: Path, run_dir: Path, limit: int | None, engin
     started, t0 = now(), time.time()
     caches = cache_root(out_root)
     gen_cache = GenerationCache(caches / "generations.sqlite")
-    artifacts = ArtifactCache(caches / "artifacts.sqlite")
+    artifacts = ArtifactCache(caches / ARTIFACTS_DB)
     own_pool = engines is None
     pool = engines or EnginePool()
     datasets = []

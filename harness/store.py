@@ -109,11 +109,16 @@ class GenerationCache:
         self.kv.close()
 
 
+ARTIFACTS_DB = "artifacts.sqlite"  # under cache_root(results root)
+
+
 class ArtifactCache:
     """Attack artefacts as JSON (e.g. a GCG suffix with its loss curve), keyed by the attack."""
 
+    TABLE = "artifacts"
+
     def __init__(self, path: Path) -> None:
-        self.kv = SqliteKV(path, "artifacts", "value")
+        self.kv = SqliteKV(path, self.TABLE, "value")
 
     def get(self, key: str) -> Any | None:
         raw = self.kv.get_many([key]).get(key)

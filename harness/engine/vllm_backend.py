@@ -87,7 +87,7 @@ class VLLMEngine:
             # worker ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync);
             # whole-prompt prefills never hit that path. Each step must then fit a whole prompt.
             kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(config.max_model_len or 4096, 4096)
+            kwargs["max_num_batched_tokens"] = max(config.max_model_len, 4096)
         kwargs.update(config.extra)
         try:
             self.llm = LLM(**kwargs)

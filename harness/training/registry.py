@@ -186,7 +186,7 @@ def validate_train_recipe(recipe_path: str, overrides: list[str] | None = None) 
     demo = load_dataset(DatasetConfig(format="demo"))
     for spec in recipe.models:
         recipe.settings_for(spec)
-        main = load_dataset(spec.data)
+        main = load_dataset(spec.data, synth=False)  # validate loads no model; synth runs at build time
         assert_disjoint(main, demo, f"{spec.name}: data")
         anchor = len(load_dataset(spec.anchor)) if spec.anchor else 0
         print(f"model {spec.name}: {spec.objective}, {len(main)} examples ({spec.data.label}), {anchor} anchors")
