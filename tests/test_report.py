@@ -3,24 +3,46 @@
 Run folders come from tests/test_regress.py (``build_runs``: the real harness on two tiny models,
 ``deep`` answering "I cannot" to everything, ``base`` never refusing), plus a small decoding run
 and a diagnostics folder written by harness.analyze's own CSV writer.
+
+The escaping/CSP/no-external-load checks run twice: on the HTML with the standard library's
+parser (every `make test`) and in real headless Chromium (skipped without a browser, except
+under HARNESS_REQUIRE_BROWSER=1, which .ci/run sets: there a missing browser fails).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from tests.test_regress import PAYLOAD, build_runs, harness_cli
 
 MARKER = "COMPLETION-MARKER-7f3"
+INJECT = "<img src=x onerror=\"document.body.setAttribute('data-pwned','1')\">"  # put into a model name
+REPORT_JS = ROOT / "harness" / "templates" / "report.js"
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium; "
-                                    ".ci/run installs it when run as root)")
+# .ci/run sets HARNESS_REQUIRE_BROWSER=1: there a missing browser fails the browser tests instead of skipping them.
+REQUIRE_BROWSER = os.environ.get("HARNESS_REQUIRE_BROWSER", "") not in ("", "0")
+
+
+@pytest.fixture
+def browser() -> str:
+    """The Chromium binary; without one the browser tests skip, or fail under HARNESS_REQUIRE_BROWSER=1."""
+    if CHROMIUM is None:
+        message = "no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it when run as root)"
+        if REQUIRE_BROWSER:
+            pytest.fail(f"HARNESS_REQUIRE_BROWSER is set but {message}", pytrace=False)
+        pytest.skip(message)
+    return CHROMIUM
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +99,7 @@ def report_data(html: str) -> dict:
 
 
 def chromium(*args: str, url: str, tmp: Path) -> subprocess.CompletedProcess:
+    assert CHROMIUM is not None
     return subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
                            "--no-default-browser-check", "--disable-extensions", f"--user-data-dir={tmp / 'profile'}",
                            "--enable-logging=stderr", "--v=0", *args, url],
@@ -91,8 +114,7 @@ def console_lines(stderr: str) -> list[str]:
 # --------------------------------------------------------------------------- in the browser
 
 
-@needs_chromium
-def test_console_errors_would_be_seen(tmp_path):
+def test_console_errors_would_be_seen(browser, tmp_path):
     """The check below is not vacuous: a page with an error, and one whose script a CSP blocks,
     both log CONSOLE lines."""
     page = tmp_path / "bad.html"
@@ -106,8 +128,7 @@ def test_console_errors_would_be_seen(tmp_path):
     assert any('"boom"' in line for line in lines) and any("missing is not defined" in line for line in lines)
 
 
-@needs_chromium
-def test_report_loads_without_errors_and_model_text_stays_inert(runs, tmp_path):
+def test_report_loads_without_errors_and_model_text_stays_inert(browser, runs, tmp_path):
     out_html = tmp_path / "report.html"
     out = harness_cli("report", *(str(runs[k]) for k in ("deep", "base-payload", "decoding", "diag")),
                       "--out", str(out_html), "--show-completions", "--title", "Gate report")
@@ -136,6 +157,243 @@ def test_report_loads_without_errors_and_model_text_stays_inert(runs, tmp_path):
                     tmp=tmp_path)
     assert console_lines(done.stderr) == []
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+# --------------------------------------------------------------------------- without a browser
+# What the browser tests above see, checked on the HTML itself with the standard library's
+# parser (which, like a browser, ends a <script> at the first "</script"), so that these
+# checks run in every `make test`, with or without Chromium.
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+# attributes that make a browser fetch or navigate; in the report only in-page "#..." links and data: URIs
+URL_ATTRS = {"src", "href", "xlink:href", "action", "formaction", "data", "poster", "srcset", "background", "ping",
+             "codebase", "cite", "manifest", "icon"}
+# elements that load or run something, or swap the page's base/target; none belongs in the report
+ACTIVE_TAGS = {"iframe", "frame", "frameset", "object", "embed", "applet", "img", "image", "video", "audio", "source",
+               "track", "base", "form", "foreignobject", "animate", "set", "animatetransform", "animatemotion",
+               "portal", "math", "template", "noscript"}
+# DOM sinks that parse a string as HTML or code; report.js must write text with textContent only
+JS_SINKS = re.compile(r"\.(innerHTML|outerHTML|insertAdjacentHTML|createContextualFragment|srcdoc)\b|"
+                      r"document\.(write|writeln)\s*\(|\beval\s*\(|\bnew\s+Function\s*\(|\bDOMParser\b|"
+                      r"\bset(Timeout|Interval)\s*\(\s*[\"'`]|\.setAttribute\s*\(\s*[\"'](on\w+|href|src|style)[\"']")
+
+
+class Page(HTMLParser):
+    """Every element with its attributes and enclosing tags, the text of each <script>, <style>
+    and other text node, in document order."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict[str, str | None], tuple[str, ...]]] = []
+        self.scripts: list[tuple[dict[str, str | None], str]] = []
+        self.styles: list[str] = []
+        self.texts: list[tuple[tuple[str, ...], str]] = []
+        self.stack: list[str] = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs), tuple(self.stack)))
+        if tag == "script":
+            self.scripts.append((dict(attrs), ""))
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs), tuple(self.stack)))
+
+    def handle_endtag(self, tag):
+        if tag in self.stack:
+            while self.stack.pop() != tag:
+                pass
+
+    def handle_data(self, data):
+        where = self.stack[-1] if self.stack else ""
+        if where == "script":
+            attrs, text = self.scripts[-1]
+            self.scripts[-1] = (attrs, text + data)
+        elif where == "style":
+            self.styles.append(data)
+        else:
+            self.texts.append((tuple(self.stack), data))
+
+
+def csp_directives(page: Page) -> dict[str, list[str]]:
+    metas = [a for t, a, _ in page.elements if t == "meta" and (a.get("http-equiv") or "").lower() ==
+             "content-security-policy"]
+    assert len(metas) == 1, f"one CSP meta tag, found {len(metas)}"
+    out: dict[str, list[str]] = {}
+    for part in (metas[0].get("content") or "").split(";"):
+        if part.strip():
+            name, *sources = part.split()
+            out[name.lower()] = sources
+    return out
+
+
+def page_problems(html: str, own_script: str) -> list[str]:
+    """Why ``html`` is not an inert, self-contained report page running only ``own_script``
+    (report.js); [] when it is. Checked: the CSP, every element and attribute, the two scripts,
+    the JSON payload and the CSS."""
+    page = Page(html)
+    problems = []
+    csp = csp_directives(page)
+    digest = "'sha256-" + base64.b64encode(hashlib.sha256(own_script.encode("utf-8")).digest()).decode() + "'"
+    allowed = {"default-src": ["'none'"], "script-src": [digest], "img-src": ["data:"],
+               "style-src": ["'unsafe-inline'"], "base-uri": ["'none'"], "form-action": ["'none'"]}
+    if csp != allowed:
+        problems.append(f"CSP is {csp}, expected {allowed}")
+    order = [t if (a.get("http-equiv") or "").lower() != "content-security-policy" else "csp"
+             for t, a, _ in page.elements if t in ("meta", "script", "style", "link")]
+    if "csp" in order and order.index("csp") > min((order.index(t) for t in ("script", "style", "link") if t in order),
+                                                   default=len(order)):
+        problems.append("the CSP meta tag must come before every script, style and link")
+    for tag, attrs, _ in page.elements:
+        if tag in ACTIVE_TAGS:
+            problems.append(f"<{tag}> element {attrs}")
+        for name, value in attrs.items():
+            value = (value or "").strip()
+            if name.startswith("on"):
+                problems.append(f"event handler attribute {name}={value!r} on <{tag}>")
+            if name in URL_ATTRS and not (value.startswith("#") or value.startswith("data:")):
+                problems.append(f"external or script URL {name}={value!r} on <{tag}>")
+            if name in URL_ATTRS and value.startswith("data:") and not (tag == "link" and value == "data:,"):
+                problems.append(f"data: URL {name}={value!r} on <{tag}>")
+            if name == "style" and re.search(r"url\s*\(|expression\s*\(|@import", value, re.I):
+                problems.append(f"style attribute loads something: {value!r}")
+        if tag == "link" and (attrs.get("rel") != "icon" or attrs.get("href") != "data:,"):
+            problems.append(f"<link> {attrs}")
+        if tag == "meta" and (attrs.get("http-equiv") or "").lower() == "refresh":
+            problems.append("meta refresh")
+    for css in page.styles:
+        if re.search(r"url\s*\((?!\s*[\"']?data:)|@import", css, re.I):
+            problems.append("the stylesheet loads something")
+    kinds = [(a.get("type"), a.get("id"), "src" in a) for a, _ in page.scripts]
+    if kinds != [("application/json", "report-data", False), (None, None, False)]:
+        problems.append(f"scripts {kinds}: expected the JSON payload, then report.js, nothing else")
+    else:
+        (_, payload), (_, code) = page.scripts
+        if code != own_script:
+            problems.append("the inline script is not report.js")
+        if "<" in payload:  # escaped as \u003c: neither "</script" nor "<!--" can occur
+            problems.append("raw '<' in the JSON payload")
+        try:
+            json.loads(payload)
+        except ValueError as e:
+            problems.append(f"the JSON payload does not parse: {e}")
+    return problems
+
+
+def js_sinks(script: str) -> list[str]:
+    return [m.group(0) for m in JS_SINKS.finditer(script)]
+
+
+@pytest.fixture(scope="module")
+def markup_run(runs, tmp_path_factory) -> Path:
+    """``base-payload`` with markup also in its model name (shown by the server-side tables)."""
+    import pandas as pd
+
+    from harness.store import read_samples, write_samples
+
+    path = tmp_path_factory.mktemp("markup") / "markup-run"
+    shutil.copytree(runs["base-payload"], path)
+    records = read_samples(path)
+    for r in records:
+        r["model"] = "base" + INJECT
+    write_samples(path, records)
+    for name in ("summary.csv", "utility.csv"):
+        if (path / name).is_file():
+            table = pd.read_csv(path / name, keep_default_na=False)
+            table["model"] = "base" + INJECT
+            table.to_csv(path / name, index=False)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["models"] = {"base" + INJECT: m for m in manifest["models"].values()}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_report_html_is_inert_and_self_contained_without_a_browser(runs, markup_run, tmp_path):
+    title = f"Gate {PAYLOAD} report"
+    out_html = tmp_path / "report.html"
+    out = harness_cli("report", *(str(runs[k]) for k in ("deep", "decoding", "diag")), str(markup_run),
+                      "--out", str(out_html), "--show-completions", "--title", title)
+    assert out.returncode == 0, out.stderr
+    html = out_html.read_text(encoding="utf-8")
+    script = REPORT_JS.read_text(encoding="utf-8")
+    assert page_problems(html, script) == []
+    page = Page(html)
+    # markup in the title and the model name is text of the elements it belongs to, never elements
+    assert [t for stack, t in page.texts if stack == ("html", "head", "title")] == [title]
+    assert [t for stack, t in page.texts if stack[-1:] == ("h1",)] == [title]
+    where = {stack[-1] for stack, t in page.texts if "base" + INJECT in t}
+    assert {"b", "td", "th"} <= where, where  # leaderboard, cells table, category table heads
+    assert {t for t, _, _ in page.elements} >= {"table", "svg", "figure"}  # the page was really parsed
+    # the completions with "</script><!--" come back whole from the JSON payload, as data
+    data = json.loads(page.scripts[0][1])
+    assert data == report_data(html)
+    completions = [s[5] for s in data["samples"] if s[5] and MARKER in s[5]]
+    assert completions and all(c == f"{PAYLOAD} {MARKER} </td></tr></table></script><!--" for c in completions)
+    prompts = [e[0] for e in data["examples"] if PAYLOAD in e[0]]
+    assert len(prompts) == 2
+    # outside the two scripts' own tags, no "<" of model text survives unescaped
+    assert html.count("</script") == 2 and "<!--" not in html and "<img" not in html.lower()
+
+
+def test_report_js_writes_model_text_as_text_only():
+    """report.js builds every node with createElement and fills it with textContent: no sink
+    that parses a string as HTML or code, so nothing in the JSON payload can become markup."""
+    script = REPORT_JS.read_text(encoding="utf-8")
+    assert js_sinks(script) == []
+    assert "textContent = String(value)" in script and script.count("textContent") >= 3
+
+
+@pytest.mark.parametrize("mutant", [
+    ("el.textContent = String(value);", "el.innerHTML = String(value);"),
+    ("body.appendChild(tr);", "body.insertAdjacentHTML('beforeend', tr.outerHTML);"),
+    ("el.textContent = String(value);", "document.write(String(value));"),
+    ("el.textContent = String(value);", "el.setAttribute('onclick', String(value));"),
+])
+def test_the_sink_check_sees_html_writes(mutant):
+    """Negative controls: report.js with one textContent write swapped for an HTML sink fails the check."""
+    before, after = mutant
+    script = REPORT_JS.read_text(encoding="utf-8")
+    assert before in script
+    assert js_sinks(script.replace(before, after, 1)) != []
+
+
+@pytest.mark.parametrize("mutant", [
+    "unescaped-json", "unsafe-inline", "external-script", "event-handler", "markup-in-title", "script-src-self",
+    "csp-after-script", "external-style",
+])
+def test_the_page_check_sees_each_way_out(runs, mutant):
+    """Negative controls: the page check above flags a report with the JSON payload unescaped,
+    'unsafe-inline' scripts, an external script, an injected event handler, an unescaped title,
+    a CSP that allows same-origin scripts or comes after a script, or a stylesheet loading a URL."""
+    from harness.report import render_report
+    from harness.rundir import load_runs
+
+    script = REPORT_JS.read_text(encoding="utf-8")
+    html = render_report(load_runs([runs["base-payload"]]), show_completions=True, title="T")
+    assert page_problems(html, script) == []
+    head_end = html.index("</head>")
+    if mutant == "unescaped-json":
+        bad = html.replace("\\u003c", "<").replace("\\u003e", ">")
+    elif mutant == "unsafe-inline":
+        bad = html.replace("script-src '", "script-src 'unsafe-inline' '", 1)
+    elif mutant == "script-src-self":
+        bad = html.replace("script-src '", "script-src 'self' '", 1)
+    elif mutant == "external-script":
+        bad = html[:head_end] + '<script src="https://cdn.example/x.js"></script>' + html[head_end:]
+    elif mutant == "event-handler":
+        bad = html.replace("<main>", '<main><div onmouseover="alert(1)"></div>', 1)
+    elif mutant == "markup-in-title":
+        bad = html.replace("<title>T</title>", f"<title>T</title>{PAYLOAD}", 1)
+    elif mutant == "csp-after-script":
+        meta = re.search(r"<meta http-equiv=\"Content-Security-Policy\"[^>]*>", html).group(0)
+        bad = html.replace(meta, "", 1).replace("</body>", meta + "</body>", 1)
+    else:
+        bad = html.replace("</style>", "body { background: url(https://example.org/x.png) }</style>", 1)
+    assert bad != html
+    assert page_problems(bad, script) != []
 
 
 # --------------------------------------------------------------------------- content
