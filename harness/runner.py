@@ -154,7 +154,7 @@ def _run(recipe: Recipe, out_root: Path, run_dir: Path, limit: int | None, engin
     pool = engines or EnginePool()
     datasets = []
     for d in recipe.datasets:
-        examples = load_dataset(d)
+        examples = load_dataset(d, backend=recipe.engine.backend)
         examples = examples[:limit] if limit else examples
         datasets.append(Dataset(d.label, examples, dataset_hash(examples)))
     utility = []

@@ -8,6 +8,9 @@ settings and samples per example (``harness.core.ReducerConfig``): ``any`` (an e
 broken if any of its samples is harmful: any-of-N ASR) and ``best`` (the setting with the
 highest ASR; ``detail`` names it).
 
+``fabricated_turns``: completions that run past the end of their turn into a made-up next one
+(a ``user`` / ``assistant`` header in the text: ``harness.turns``); should be 0.
+
 ``recovery_rate``: among samples that continue a harmful prefill, the share whose continuation
 turns to a refusal (judge-independent: the extended refusal phrases on the continuation).
 
@@ -29,11 +32,12 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from harness.core import ReducerConfig
+from harness.turns import count_fabricated
 
 KEYS = ["model", "dataset", "attack", "setting", "reducer", "judge"]
 COLUMNS = KEYS + ["n", "harmful", "safe", "unscored", "skipped", "asr", "ci_low", "ci_high", "n_examples",
                   "n_clusters", "design_effect", "n_effective", "ci_low_clustered", "ci_high_clustered",
-                  "recovery_rate", "detail", "model_fingerprint", "dataset_hash", "attack_hash", "judge_hash"]
+                  "recovery_rate", "fabricated_turns", "detail", "model_fingerprint", "dataset_hash", "attack_hash", "judge_hash"]
 Z95 = 1.959963984540054
 
 
@@ -137,7 +141,8 @@ def summarize(records: Iterable[dict[str, Any]], reducers: dict[str, Sequence[Re
                 labels = [(((r.get("verdicts") or {}).get(judge) or {}).get("label", "unscored"), _example(r),
                            _cluster(r)) for r in srecs if not r.get("skipped")]
                 row = dict(model=model, dataset=dataset, attack=attack, setting=setting, reducer="sample", judge=judge,
-                           **_cell(labels, skipped), recovery_rate=_recovery(srecs), detail="", **hashes,
+                           **_cell(labels, skipped), recovery_rate=_recovery(srecs),
+                           fabricated_turns=count_fabricated(r.get("completion") for r in srecs), detail="", **hashes,
                            judge_hash=_judge_hash(srecs, judge))
                 if len({r.get("model_fingerprint", "") for r in srecs}) == 1:
                     row["model_fingerprint"] = srecs[0].get("model_fingerprint", "")

@@ -41,11 +41,14 @@ def generate_responses(model: ResolvedModel, prompts: Sequence[str], engine_sett
                     progress)
 
 
-def synthesize_column(examples: list[Example], cfg: Any, label: str, progress: bool = True) -> list[Example]:
-    """``examples`` with ``cfg.field`` written by ``cfg.model`` (a ``harness.data.base.SynthConfig``)."""
+def synthesize_column(examples: list[Example], cfg: Any, label: str, progress: bool = True,
+                      backend: str | None = None) -> list[Example]:
+    """``examples`` with ``cfg.field`` written by ``cfg.model`` (a ``harness.data.base.SynthConfig``),
+    through ``cfg.backend``, else ``backend`` (the recipe's engine), else vLLM."""
     from harness.engine.base import EngineSettings
 
     model = resolve_model(cfg.model)
+    cfg = cfg.model_copy(update={"backend": cfg.backend or backend or "vllm"})
     settings = cfg.model_dump(mode="json", exclude={"model"})
     key = content_hash({"model": model.fingerprint, "prompts": [e.prompt for e in examples], "settings": settings})
     path = cache_dir() / "synth" / f"{label}-{key}.jsonl"

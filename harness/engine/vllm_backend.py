@@ -14,7 +14,7 @@ from harness.errors import ModelError, RecipeError
 log = logging.getLogger(__name__)
 
 
-def to_sampling_params(s: Sampling):
+def to_sampling_params(s: Sampling, stop_token_ids: Sequence[int] = ()):
     from vllm import SamplingParams
 
     return SamplingParams(
@@ -25,6 +25,7 @@ def to_sampling_params(s: Sampling):
         max_tokens=s.max_tokens,
         seed=s.seed,
         stop=list(s.stop) or None,
+        stop_token_ids=list(stop_token_ids) or None,  # besides the EOS vLLM stops on by itself
         skip_special_tokens=True,
     )
 
@@ -93,6 +94,9 @@ class VLLMEngine:
             self.llm = LLM(**kwargs)
         except Exception as e:
             raise ModelError(f"vLLM could not start on {model_path}: {type(e).__name__}: {e}") from e
+        from harness.turns import load_stop_token_ids
+
+        self.stop_ids = load_stop_token_ids(model_path, self.llm.get_tokenizer())
 
     def generate(self, requests: Sequence[GenRequest], progress: bool = False) -> list[list[Completion]]:
         from vllm.inputs import TokensPrompt
@@ -100,7 +104,7 @@ class VLLMEngine:
         if not requests:
             return []
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
-        params = [to_sampling_params(r.sampling) for r in requests]
+        params = [to_sampling_params(r.sampling, self.stop_ids) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=progress)
         results = []
         for req, out in zip(requests, outputs):

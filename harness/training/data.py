@@ -51,7 +51,7 @@ class TrainPair:
     harmful: str = ""
     prompt_ids: tuple[int, ...] = ()
     harmful_ids: tuple[int, ...] = ()
-    target_ids: tuple[int, ...] = ()  # ends with EOS
+    target_ids: tuple[int, ...] = ()  # ends with the template's end-of-turn token
     # the target as it continues a harmful prefix that does not end in whitespace: " " + target,
     # so training text reads "…phosphorus I cannot…", not "…phosphorusI cannot…" (BPE tokenizers
     # encode "I" and " I" as different tokens; sentencepiece ones add the space by themselves)
@@ -71,10 +71,13 @@ class TrainPair:
         return d
 
 
-def build_pairs(examples: Sequence[Example], builder: PromptBuilder, target: str, eos_id: int,
+def build_pairs(examples: Sequence[Example], builder: PromptBuilder, target: str, end_id: int,
                 with_harmful: bool, source: str, refusal_templates: bool = False) -> list[TrainPair]:
     """Tokenize examples; a missing target/harmful field names the dataset and example id.
-    With ``refusal_templates`` the refusal target comes from REFUSAL_TEMPLATES, not a column."""
+    Targets end with ``end_id``, the template's end-of-turn token (``harness.turns.end_of_turn_id``,
+    which need not be the tokenizer's EOS); an example whose ``meta["finished"]`` is False (an
+    answer cut by a length limit) gets no end token. With ``refusal_templates`` the refusal
+    target comes from REFUSAL_TEMPLATES, not a column."""
     pairs = []
     adds_space = _encoding_adds_space(builder)
     for ex in examples:
@@ -84,7 +87,7 @@ def build_pairs(examples: Sequence[Example], builder: PromptBuilder, target: str
         harmful = (ex.response or "") if with_harmful else ""
         if with_harmful and not harmful:
             raise DataError(f"{source}: example {ex.id!r} has no 'response' (the harmful h of an (x, h, r) triple)")
-        eos = (eos_id,) if ex.meta.get("finished", True) else ()
+        eos = (end_id,) if ex.meta.get("finished", True) else ()
         harmful_ids = tuple(builder.encode(harmful)) if harmful else ()
         pairs.append(TrainPair(
             id=ex.id, prompt=ex.prompt, target=tgt, harmful=harmful,

@@ -35,6 +35,31 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return logp * mask, mask
 
 
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the positions whose logits predict a supervised label (t where labels[t+1]
+    is supervised). Only these need the LM head in training."""
+    sel = torch.zeros_like(labels, dtype=torch.bool)
+    sel[:, :-1] = labels[:, 1:] != IGNORE
+    return sel
+
+
+def selected_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs`` from the logits of the predicting positions only.
+
+    ``logits`` is (N, V): one row per True entry of ``predicting_positions(labels)``, in
+    row-major order (``hidden[sel]`` before the LM head). Returns the same (B, T-1) ``(logp,
+    mask)`` as ``token_logprobs`` on the full (B, T, V) logits, without ever forming them: the
+    head and the log-softmax cost N·V instead of B·T·V (in align recipes about half the
+    positions are prompt, harmful prefix or padding)."""
+    mask = labels[:, 1:] != IGNORE
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    flat = -F.cross_entropy(logits, labels[:, 1:][mask], reduction="none")
+    logp = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
+    logp[mask] = flat
+    return logp, mask
+
+
 def response_positions(mask: torch.Tensor) -> torch.Tensor:
     """1-based index t of each supervised token within its sequence's response (0 elsewhere)."""
     return torch.cumsum(mask.long(), dim=1) * mask

@@ -19,8 +19,9 @@ from harness.models import ResolvedModel, cache_dir, resolve_model
 from harness.prompts import PromptBuilder
 from harness.training.config import TrainModelSpec, TrainRecipe, content_key, load_train_recipe
 from harness.training.data import TrainPair, assert_disjoint, build_pairs, save_jsonl
+from harness.turns import end_of_turn_id
 
-TRAINING_CODE_VERSION = 2  # bump when a change to the trainer changes what a recipe builds
+TRAINING_CODE_VERSION = 3  # bump when a change to the trainer changes what a recipe builds
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,7 +38,7 @@ def find_recipe(path: str) -> Path:
 
 
 def anchor_pairs(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel, builder: PromptBuilder,
-                 eos_id: int, progress: bool = True) -> list[TrainPair]:
+                 end_id: int, progress: bool = True) -> list[TrainPair]:
     """Utility anchors; with ``responses: self`` the base model writes them (cached)."""
     if spec.anchor is None:
         return []
@@ -56,15 +57,24 @@ def anchor_pairs(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
                                            system_prompt=recipe.system_prompt, progress=progress)
             save_jsonl(path, [{"id": e.id, "prompt": e.prompt, "response": r, "finished": f}
                               for e, (r, f) in zip(examples, responses)])
-        # a cut-off answer is trained without EOS, so the model never learns to stop mid-sentence
+        # a cut-off answer kept (keep_unfinished) is trained without an end token
         examples = [Example(e.id, e.prompt, e.category, response=r, meta={"finished": f})
-                    for e, (r, f) in zip(examples, responses) if r]
-    return build_pairs(examples, builder, "response", eos_id, with_harmful=False, source=spec.anchor.label)
+                    for e, (r, f) in zip(examples, responses) if r and (f or spec.anchor.keep_unfinished)]
+    pairs = build_pairs(examples, builder, "response", end_id, with_harmful=False, source=spec.anchor.label)
+    # a row longer than max_length would lose its end token to truncation: it would teach going on
+    max_length = recipe.settings_for(spec).max_length
+    fits = [p for p in pairs if len(p.prompt_ids) + len(p.target_ids) <= max_length]
+    if progress and len(fits) < len(pairs):
+        print(f"{spec.name}: {len(pairs) - len(fits)} of {len(pairs)} anchors exceed max_length {max_length}; left out")
+    if not fits:
+        raise RecipeError(f"{spec.name}: no utility anchor fits in training.max_length {max_length} "
+                          f"(anchor.max_tokens {spec.anchor.max_tokens}); raise max_length")
+    return fits
 
 
 def model_key(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
               save_steps: tuple[int, ...] = ()) -> str:
-    main = load_dataset(spec.data)
+    main = load_dataset(spec.data, backend=recipe.engine.backend)
     anchor = load_dataset(spec.anchor) if spec.anchor else []
     # Only what the recipe sets is hashed, so a new option with a default never invalidates
     # existing builds; a change of behaviour bumps TRAINING_CODE_VERSION instead.
@@ -101,10 +111,11 @@ def build_model(recipe: TrainRecipe, spec: TrainModelSpec, recipe_path: Path | N
         return _resolved(recipe, spec, work)
     if force and done.exists():
         done.unlink()
-    assert_disjoint(load_dataset(spec.data), load_dataset(DatasetConfig(format="demo")), f"{spec.name}: data")
+    assert_disjoint(load_dataset(spec.data, backend=recipe.engine.backend), load_dataset(DatasetConfig(format="demo")),
+                    f"{spec.name}: data")
     tok = AutoTokenizer.from_pretrained(base.path)
     builder = PromptBuilder(tok, recipe.system_prompt)
-    anchors = anchor_pairs(recipe, spec, base, builder, tok.eos_token_id, progress)
+    anchors = anchor_pairs(recipe, spec, base, builder, end_of_turn_id(tok), progress)
     if progress:
         print(f"building {spec.name} ({spec.objective}) from {recipe.base} into {work}")
     Trainer(recipe, spec, base, work, anchors, progress).train(save_steps=save_steps)

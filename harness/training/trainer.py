@@ -10,6 +10,7 @@ as JSONL, ``train_log.jsonl`` (loss, and loss by token position, per step).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,13 +27,15 @@ from harness.prompts import PromptBuilder
 from harness.training.config import TrainModelSpec, TrainRecipe, TrainSettings
 from harness.data import load_dataset
 from harness.training.data import Batcher, TrainPair, build_pairs, save_jsonl
+from harness.turns import end_of_turn_id, stop_token_ids
 from harness.training.losses import (
     beta_schedule,
     constrained_token_loss,
     loss_by_position,
     mix_losses,
+    predicting_positions,
     response_positions,
-    token_logprobs,
+    selected_token_logprobs,
 )
 
 LOG_POSITIONS = 16
@@ -61,17 +64,33 @@ def reference_logprobs(model: torch.nn.Module, pairs: list[TrainPair], max_lengt
     step 0 up to kernel noise, instead of the bf16-vs-fp32 gap a separate fp32 pass leaves."""
     from harness.training.data import collate
 
+    from accelerate.utils import extract_model_from_parallel
+
     out: list[torch.Tensor] = []
     was_training = model.training
+    head = extract_model_from_parallel(model).get_output_embeddings()
     model.eval()
     with torch.no_grad():
         for p in pairs:
-            b = collate([(p.prompt_ids, p.target_ids)], max_length, pad_id)
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-            logp, mask = token_logprobs(logits, b["labels"].to(device))
+            b = {k: v.to(device) for k, v in collate([(p.prompt_ids, p.target_ids)], max_length, pad_id).items()}
+            with head_only_at(head, predicting_positions(b["labels"])):  # the same kernels as the policy's
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            logp, mask = selected_token_logprobs(logits, b["labels"])
             out.append(logp[0][mask[0]].float().cpu())
     model.train(was_training)
     return out
+
+
+@contextlib.contextmanager
+def head_only_at(head: torch.nn.Module, sel: torch.Tensor):
+    """Within the block, ``head`` (the model's output embedding) sees only ``hidden[sel]``:
+    (B, T, H) -> (N, H), so the forward returns (N, V) logits. A hook inside the model's own
+    forward, so DDP/FSDP wrappers still see one forward per step."""
+    handle = head.register_forward_pre_hook(lambda _mod, args: (args[0][sel], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _bf16_fast() -> bool:
@@ -135,10 +154,10 @@ class Trainer:
         s, spec = self.settings, self.spec
         acc = self._accelerator()
         model, tok = self._model_and_tokenizer()
-        eos = tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        end = end_of_turn_id(tok)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else end
         builder = PromptBuilder(tok, self.recipe.system_prompt)
-        main = build_pairs(load_dataset(spec.data), builder, spec.target, eos,
+        main = build_pairs(load_dataset(spec.data, backend=self.recipe.engine.backend), builder, spec.target, end,
                            with_harmful=spec.objective == "augmented", source=spec.data.label,
                            refusal_templates=spec.refusals == "templates")
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +173,7 @@ class Trainer:
         # launches, ending the schedule early; it is stepped once per optimizer step below
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(s))
         model, opt = acc.prepare(model, opt)
+        self._head = acc.unwrap_model(model).get_output_embeddings()
         acc.register_for_checkpointing(sched)
 
         ref: list[torch.Tensor] | None = None
@@ -211,8 +231,9 @@ class Trainer:
     def _loss(self, model, batch: dict[str, torch.Tensor], ref: list[torch.Tensor] | None):
         """α·data + (1−α)·anchor (``mix_losses``); per-position NLL of the data rows for the log."""
         spec = self.spec
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp, mask = token_logprobs(logits, batch["labels"])
+        with head_only_at(self._head, predicting_positions(batch["labels"])):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp, mask = selected_token_logprobs(logits, batch["labels"])
         anchor_rows = batch["is_anchor"][:, None]
         main_mask, anchor_mask = mask & ~anchor_rows, mask & anchor_rows
         extra: dict[str, Any] = {}
@@ -272,6 +293,8 @@ class Trainer:
         tmp = final.with_name(final.name + ".tmp")
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
+            # any generate() on the saved folder stops where training taught the turn to end
+            unwrapped.generation_config.eos_token_id = stop_token_ids(tok, unwrapped.generation_config)
             unwrapped.save_pretrained(tmp, state_dict=state)
             tok.save_pretrained(tmp)
             shutil.rmtree(final, ignore_errors=True)

@@ -9,7 +9,9 @@ have (exact_match on a long answer) is not counted for it.
 ``scorecard.csv``: one row per model, the cost of safety beside its benefit: ASR at each
 dataset/attack/setting (and reducer: ``any``, ``best``) for the first judge
 (``asr/<dataset>/<attack>/<setting>``), then each utility metric (``<task>/<metric>``:
-over-refusal rates, ROUGE, exact match; ``…@<setting>`` on a derived model).
+over-refusal rates, ROUGE, exact match; ``…@<setting>`` on a derived model). The pseudo-task
+``turns/fabricated_turn`` is the share of all the model's completions (attacks and utility)
+that run on into a made-up next turn (``harness.turns``); it should be 0.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from typing import Any, Iterable
 import pandas as pd
 
 from harness.summary import wilson
+from harness.turns import has_fabricated_turn
 
 UTILITY_CSV = "utility.csv"
 SCORECARD_CSV = "scorecard.csv"
+TURNS_TASK = "turns"  # pseudo-task: share of all a model's completions with a fabricated next turn
 UTILITY_COLUMNS = ["model", "setting", "task", "metric", "n", "mean", "unscored", "ci_low", "ci_high", "ci"]
 Z95 = 1.959963984540054
 
@@ -50,6 +54,9 @@ def utility_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     ``setting`` is "default" for the model itself, or names a derived model (a fine-tuning round)."""
     cells: dict[tuple[str, str, str, str], list[float | None]] = {}
     for r in records:
+        if isinstance(r.get("completion"), str) and not r.get("skipped"):  # every completion of the model
+            cells.setdefault((r["model"], "default", TURNS_TASK, "fabricated_turn"), []).append(
+                float(has_fabricated_turn(r["completion"])))
         if r.get("kind") != "utility" or r.get("skipped") or not isinstance(r.get("metrics"), dict):
             continue
         for metric, value in r["metrics"].items():
