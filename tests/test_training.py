@@ -224,13 +224,37 @@ def test_resume_from_checkpoint_is_exact(tiny_model, tmp_path):
 
 
 def test_lora_training_merges_into_plain_folder(tiny_model, tmp_path):
+    """The export is the base with the low-rank update folded in: same tensors as the base (no
+    lora_A/lora_B, no PEFT prefixes), every targeted linear layer changed by a matrix of rank
+    <= r (an unmerged save leaves it unchanged, a full fine-tune would change it at full rank),
+    everything else bit-identical, and the engine-facing model computes different logits."""
+    from safetensors.torch import load_file
     from harness.models import resolve_model
     from harness.training.trainer import Trainer
+    from transformers import AutoModelForCausalLM
 
-    recipe = tiny_train_recipe(tiny_model, objective="sft", steps=2, lora={"r": 4, "alpha": 8})
+    recipe = tiny_train_recipe(tiny_model, objective="sft", steps=2, lora={"r": 4, "alpha": 8, "dropout": 0.0})
     out = Trainer(recipe, recipe.models[0], resolve_model(str(tiny_model)), tmp_path / "lora", progress=False).train()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "llama" and not (out / "adapter_config.json").exists()
+    assert not list(out.glob("adapter_model.*"))
+    base, merged = load_file(tiny_model / "model.safetensors"), load_file(out / "model.safetensors")
+    assert merged.keys() == base.keys()
+    linear = [k for k in base if k.endswith("_proj.weight")]  # q k v o gate up down ("all-linear"; head tied)
+    assert len(linear) == 2 * 7
+    for k in base:
+        if k not in linear:
+            assert torch.equal(merged[k], base[k]), k
+            continue
+        delta = (merged[k].double() - base[k].double())
+        s = torch.linalg.svdvals(delta)
+        assert s[0] > 1e-5, f"{k}: the update was not merged"
+        assert s[4] < 1e-3 * s[0], f"{k}: update of rank > 4 ({s[:6].tolist()})"
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        a = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)(ids).logits
+        b = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(ids).logits
+    assert not torch.allclose(a, b, atol=1e-4)
 
 
 def test_eval_recipe_builds_a_named_trained_model_on_demand(tiny_model, harness_cache, tmp_path, pool):
