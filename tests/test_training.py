@@ -18,6 +18,7 @@ from harness.training.losses import (
     beta_schedule,
     constrained_loss,
     loss_by_position,
+    mix_losses,
     response_positions,
     sample_recovery_depth,
     sft_loss,
@@ -149,7 +150,7 @@ def test_training_sets_are_disjoint_from_evaluation_sets():
 def tiny_train_recipe(tiny_model, objective="augmented", steps=4, **training) -> TrainRecipe:
     return TrainRecipe.model_validate({
         "kind": "train", "name": "tiny-align", "base": str(tiny_model),
-        "training": {"steps": steps, "batch_size": 2, "anchor_batch_size": 1, "lr": 1e-3, "max_length": 96,
+        "training": {"steps": steps, "batch_size": 2, "anchor_batch_size": 1, "lr": 1e-3, "max_length": 256,
                      "checkpoint_every": 2, **training},
         "models": [{"name": f"tiny-{objective}", "objective": objective,
                     "data": {"format": "harmful-train", "limit": 6},
@@ -288,7 +289,8 @@ def test_validate_training_recipe_cli():
     out = subprocess.run([sys.executable, "-m", "harness.cli", "validate", "recipes/align.yaml"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr
-    assert "smollm2-deep: augmented, 165 examples" in out.stdout and "OK" in out.stdout
+    assert "smollm2-deep: augmented, 260 examples (advbench-train)" in out.stdout and "OK" in out.stdout
+    assert "smollm2-deep-template: augmented, 165 examples (harmful-train)" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "harness.cli", "train", "recipes/prefill.yaml"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert bad.returncode == 2 and "not a training recipe (it needs `kind: train`)" in bad.stderr
@@ -319,20 +321,25 @@ class BigramLM(torch.nn.Module):
     def __init__(self, table: torch.Tensor) -> None:
         super().__init__()
         self.table = torch.nn.Parameter(table.clone())
+        self.head = torch.nn.Identity()  # the output embedding the trainer restricts to supervised positions
 
     def forward(self, input_ids, attention_mask=None):
         from types import SimpleNamespace
 
-        return SimpleNamespace(logits=self.table[input_ids])
+        return SimpleNamespace(logits=self.head(self.table[input_ids]))
+
+    def get_output_embeddings(self):
+        return self.head
 
 
+@pytest.mark.parametrize("chunk_tokens", [0, 3, 7])  # one forward; chunks of 1 row; chunks of 2 rows
 @pytest.mark.parametrize("mix, expected", [
     # data rows: uniform over V=8 -> loss ln 8 = 3 ln 2 per token; anchor rows: p = 1/2 -> ln 2
     ("weighted", 0.2 * 3 * math.log(2) + 0.8 * math.log(2)),     # α on the safety (data) term
     # 2 data rows × 2 tokens, 4 anchor rows × 2 tokens: (4·3 ln2 + 8·ln2) / 12
     ("token_mean", (4 * 3 * math.log(2) + 8 * math.log(2)) / 12),
 ])
-def test_safety_weight_is_alpha_on_the_safety_term(mix, expected, tiny_model):
+def test_safety_weight_is_alpha_on_the_safety_term(mix, expected, chunk_tokens, tiny_model):
     from harness.models import resolve_model
     from harness.training.trainer import Trainer
 
@@ -342,13 +349,21 @@ def test_safety_weight_is_alpha_on_the_safety_term(mix, expected, tiny_model):
     main = [TrainPair(f"m{i}", "x", "r", prompt_ids=(1,), target_ids=(2, 3)) for i in range(3)]
     anchor = [TrainPair(f"a{i}", "q", "y", prompt_ids=(4,), target_ids=(5, 6)) for i in range(5)]
     batch = Batcher(main, anchor, batch_size=2, anchor_batch_size=4, max_length=16, pad_id=0, seed=0).micro_batch(0)
-    recipe = tiny_train_recipe(tiny_model, objective="sft")
+    recipe = tiny_train_recipe(tiny_model, objective="sft", chunk_tokens=chunk_tokens)
     spec = recipe.models[0].model_copy(update={"safety_weight": 0.2, "mix": mix})
     trainer = Trainer(recipe, spec, resolve_model(str(tiny_model)), tiny_model, progress=False)
-    loss, stats = trainer._loss(BigramLM(table), batch, None)
-    assert float(loss.detach()) == pytest.approx(expected, abs=1e-5)
+    model = BigramLM(table)
+    trainer._head = model.get_output_embeddings()
+    stats = trainer._forward_backward(trainer._accelerator(), model, batch, None)
+    assert stats["loss"] == pytest.approx(expected, abs=1e-5)
     assert stats["main_loss"] == pytest.approx(3 * math.log(2), abs=1e-5)
     assert stats["anchor_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # the gradient is the one of the whole batch in one forward, whatever the chunking
+    ref = BigramLM(table)
+    logp, mask = token_logprobs(ref(batch["input_ids"]).logits, batch["labels"])
+    anchor = batch["is_anchor"][:, None]
+    mix_losses(-logp, mask & ~anchor, -logp, mask & anchor, 0.2, mix).backward()
+    assert torch.allclose(model.table.grad, ref.table.grad, atol=1e-6)
 
 
 def test_old_anchor_weight_key_is_refused_with_the_conversion():
@@ -422,3 +437,47 @@ def test_rounds_are_loadable_models(tiny_model, harness_cache):
         AutoModelForCausalLM.from_pretrained(r.path)
     again = build_rounds(recipe, recipe.models[0], [1, 2, 3], progress=False)
     assert [r.path for r in again] == [r.path for r in rounds]
+
+
+@pytest.mark.parametrize("recipe", ["recipes/align.yaml", "recipes/prefill.yaml", "recipes/cross-source.yaml"])
+def test_validate_loads_no_model_and_generates_nothing(recipe, tmp_path):
+    """`harness validate` on recipes whose data is synthesised by a model: it checks schema and
+    data in seconds and leaves an empty cache (no synthesis, no anchors, no model conversion)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cache = tmp_path / "cache"
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "validate", recipe], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_CACHE=str(cache)))
+    assert out.returncode == 0, out.stderr
+    assert "OK" in out.stdout
+    assert not cache.exists() or not any(cache.iterdir()), sorted(p.name for p in cache.iterdir())
+
+
+def test_synth_follows_the_recipes_engine_backend(tiny_model, tmp_path):
+    """A dataset's `synth` without a backend is written by the recipe's engine: in an HF-backend
+    recipe vLLM is never imported (a machine without vLLM can run it)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = f"""
+import sys
+from harness.data import load_dataset
+from harness.data.base import DatasetConfig
+cfg = DatasetConfig(format="demo", limit=2, synth={{"model": {str(tiny_model)!r}, "max_tokens": 4,
+                    "drop_refusals": False}})
+assert cfg.synth.backend is None
+rows = load_dataset(cfg, backend="hf")
+assert len(rows) == 2 and all(r.response for r in rows), rows
+assert "vllm" not in sys.modules, "synthesis started vLLM in an hf recipe"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_CACHE=str(tmp_path / "cache")))
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

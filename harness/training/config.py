@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,8 +36,29 @@ class LoraSettings(StrictModel):
     target_modules: list[str] | str = Field("all-linear", description="peft target_modules")
 
 
+# Named training settings; keys a recipe sets next to the preset win (as for sampling presets).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # Qi et al. 2025's alignment runs (official code): lr 2e-5, linear decay, no warm-up, 10 epochs,
+    # 16 safety + 64 utility rows per step, one token mean over both parts. Sized for a GPU.
+    "paper": {"lr": 2e-5, "scheduler": "linear", "warmup_steps": 0, "epochs": 10, "batch_size": 16,
+              "anchor_batch_size": 64, "mix": "token_mean"},
+    # its fine-tuning attacks: the same lr with the official 10 warm-up steps, linear decay, AdamW β1 0.5
+    "paper-attack": {"lr": 2e-5, "scheduler": "linear", "warmup_steps": 10, "adam_beta1": 0.5},
+    # what a 2-core CPU affords (recipes/align.yaml; README "CPU budget")
+    "cpu": {"steps": 60, "batch_size": 2, "anchor_batch_size": 8, "lr": 1e-4, "scheduler": "constant",
+            "warmup_steps": 0, "chunk_tokens": 640},
+}
+
+
 class TrainSettings(StrictModel):
-    steps: int = Field(40, ge=1, description="optimizer steps")
+    preset: Literal["paper", "paper-attack", "cpu"] | None = Field(None, description=(
+        "paper: the paper's alignment budget (lr 2e-5, linear, 10 epochs, 16+64 rows, token-mean mix); "
+        "paper-attack: its fine-tuning attacks' lr, 10 warm-up steps and linear decay; cpu: 60 steps of 2+8 rows "
+        "at lr 1e-4. Keys set next to the preset win"))
+    steps: int = Field(40, ge=1, description="optimizer steps (unless `epochs` is set)")
+    epochs: float | None = Field(None, gt=0, description=(
+        "passes over `data`: steps = ceil(epochs * rows / (batch_size * grad_accum * processes)); wins over steps"))
+    mix: Literal["weighted", "token_mean"] | None = Field(None, description="overrides each model's `mix`")
     batch_size: int = Field(8, ge=1, description="rows of `data` (safety-recovery triples in align recipes) "
                                                   "per micro-batch")
     anchor_batch_size: int = Field(8, ge=0, description="utility-anchor rows per micro-batch")
@@ -49,10 +71,26 @@ class TrainSettings(StrictModel):
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(320, ge=16)
+    chunk_tokens: int = Field(0, ge=0, description=(
+        "forward/backward each micro-batch in length-sorted chunks of at most this many padded positions "
+        "(same gradient, less padding: faster on CPUs); 0 = the whole micro-batch at once (GPUs)"))
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 where the GPU/CPU supports it natively")
     lora: LoraSettings | None = None
     checkpoint_every: int = Field(10, ge=1)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("preset") in TRAIN_PRESETS:
+            return {**TRAIN_PRESETS[raw["preset"]], **raw}
+        return raw
+
+    def steps_for(self, rows: int, processes: int = 1) -> int:
+        """Optimizer steps: ``steps``, or ``epochs`` passes over ``rows`` examples."""
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * rows / (self.batch_size * self.grad_accum * processes)))
 
 
 class AugmentationSettings(StrictModel):

@@ -137,14 +137,21 @@ def mix_losses(
     anchor_mask: torch.Tensor,
     safety_weight: float = 0.2,
     mode: str = "weighted",
+    n_data: torch.Tensor | int | None = None,
+    n_anchor: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
     """Combine per-token losses of the `data` rows and the utility-anchor rows.
 
     weighted (the paper's Eqn. 2):  α · mean_data(ℓ) + (1 − α) · mean_anchor(ℓ),  α = safety_weight;
     token_mean (the official code):  Σ ℓ over both parts / number of supervised tokens.
     Without anchor tokens both are mean_data(ℓ).
+
+    ``n_data`` / ``n_anchor`` (default: the masks' token counts) are the batch's counts when the
+    masks cover one chunk of it: both forms are linear in the per-token sums, so the chunks'
+    losses add up to the batch's loss, and so do their gradients.
     """
-    n_data, n_anchor = data_mask.sum(), anchor_mask.sum()
+    n_data = data_mask.sum() if n_data is None else torch.as_tensor(n_data)
+    n_anchor = anchor_mask.sum() if n_anchor is None else torch.as_tensor(n_anchor)
     data_sum, anchor_sum = (data_tokens * data_mask).sum(), (anchor_tokens * anchor_mask).sum()
     if n_anchor == 0:
         return data_sum / n_data.clamp(min=1)

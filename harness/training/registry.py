@@ -80,7 +80,9 @@ def model_key(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
     # existing builds; a change of behaviour bumps TRAINING_CODE_VERSION instead.
     return content_key({
         "spec": spec.model_dump(mode="json", exclude={"training"}, exclude_defaults=True),
-        "settings": recipe.settings_for(spec).model_dump(mode="json", exclude_defaults=True),
+        # the preset's values are in the fields; its name alone changes nothing, nor does chunking
+        "settings": recipe.settings_for(spec).model_dump(mode="json", exclude_defaults=True,
+                                                               exclude={"preset", "chunk_tokens"}),
         "system_prompt": recipe.system_prompt,
         "base": base.fingerprint,
         "data": _examples_key(main),

@@ -26,9 +26,10 @@ from harness.models import ResolvedModel
 from harness.prompts import PromptBuilder
 from harness.training.config import TrainModelSpec, TrainRecipe, TrainSettings
 from harness.data import load_dataset
-from harness.training.data import Batcher, TrainPair, build_pairs, save_jsonl
+from harness.training.data import Batcher, TrainPair, build_pairs, row_chunks, save_jsonl
 from harness.turns import end_of_turn_id, stop_token_ids
 from harness.training.losses import (
+    IGNORE,
     beta_schedule,
     constrained_token_loss,
     loss_by_position,
@@ -164,6 +165,8 @@ class Trainer:
         save_jsonl(self.work_dir / "train_data.jsonl", [p.to_json() | {"role": "main"} for p in main])
         save_jsonl(self.work_dir / "anchor_data.jsonl", [p.to_json() | {"role": "anchor"} for p in self.anchor_pairs])
 
+        if s.epochs is not None:  # steps from the data size (preset: paper)
+            s = self.settings = s.model_copy(update={"steps": s.steps_for(len(main), acc.num_processes)})
         batcher = Batcher(main, self.anchor_pairs, s.batch_size, s.anchor_batch_size, s.max_length, pad, s.seed,
                           augment=spec.objective == "augmented", p_zero=spec.augmentation.p_zero,
                           max_k=spec.augmentation.max_k)
@@ -201,8 +204,7 @@ class Trainer:
                     index = (step * s.grad_accum + micro) * world + rank
                     batch = {k: v.to(acc.device) for k, v in batcher.micro_batch(index).items()}
                     with acc.accumulate(model):
-                        loss, stats = self._loss(model, batch, ref)
-                        acc.backward(loss)
+                        stats = self._forward_backward(acc, model, batch, ref)
                         if acc.sync_gradients:
                             acc.clip_grad_norm_(params, s.max_grad_norm)
                         opt.step()
@@ -228,38 +230,63 @@ class Trainer:
         bar.close()
         return self._save(acc, model, tok, main)
 
-    def _loss(self, model, batch: dict[str, torch.Tensor], ref: list[torch.Tensor] | None):
-        """α·data + (1−α)·anchor (``mix_losses``); per-position NLL of the data rows for the log."""
+    def _forward_backward(self, acc, model, batch: dict[str, torch.Tensor], ref: list[torch.Tensor] | None):
+        """α·data + (1−α)·anchor (``mix_losses``) of one micro-batch, backpropagated in
+        length-sorted chunks (``chunk_tokens``) with the batch's token counts as normalisers, so
+        the gradient is the padded batch's. Under DDP every chunk but the last skips the
+        gradient sync, as accumulation steps do. Returns the step's log stats."""
         spec = self.spec
-        with head_only_at(self._head, predicting_positions(batch["labels"])):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp, mask = selected_token_logprobs(logits, batch["labels"])
+        mask_all = batch["labels"][:, 1:] != IGNORE
         anchor_rows = batch["is_anchor"][:, None]
-        main_mask, anchor_mask = mask & ~anchor_rows, mask & anchor_rows
-        extra: dict[str, Any] = {}
-        if spec.objective == "constrained":
-            c = spec.constraint
-            main_rows = (~batch["is_anchor"]).nonzero().flatten().tolist()
-            logp_ref = torch.zeros_like(logp)
-            # row-major order of main_mask matches the concatenation of the rows' ref vectors
-            ref_vals = torch.cat([ref[int(batch["example"][r])][: int(main_mask[r].sum())] for r in main_rows])
+        n_data, n_anchor = int((mask_all & ~anchor_rows).sum()), int((mask_all & anchor_rows).sum())
+        lengths = batch["attention_mask"].sum(1)
+        chunks = row_chunks(lengths, self.settings.chunk_tokens)
+        logp_all = torch.zeros(mask_all.shape, device=mask_all.device)
+        main_all = torch.zeros(mask_all.shape, device=mask_all.device)
+        loss_total, max_delta = 0.0, 0.0
+        for j, idx in enumerate(chunks):
+            width = int(lengths[idx].max())
+            sub = {k: batch[k][idx, :width] for k in ("input_ids", "attention_mask", "labels")}
+            sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(model)
+            with sync:
+                with head_only_at(self._head, predicting_positions(sub["labels"])):
+                    logits = model(input_ids=sub["input_ids"], attention_mask=sub["attention_mask"]).logits
+                logp, mask = selected_token_logprobs(logits, sub["labels"])
+                rows_anchor = batch["is_anchor"][idx][:, None]
+                main_mask, anchor_mask = mask & ~rows_anchor, mask & rows_anchor
+                if spec.objective == "constrained":
+                    main_tokens, delta = self._constrained(logp, main_mask, batch["example"][idx], ref)
+                    max_delta = max(max_delta, delta)
+                else:
+                    main_tokens = -logp
+                loss = mix_losses(main_tokens, main_mask, -logp, anchor_mask, spec.safety_weight,
+                                  self.settings.mix or spec.mix, n_data=n_data, n_anchor=n_anchor)
+                acc.backward(loss)
+            loss_total += float(loss.detach())
+            logp_all[idx, :width - 1] = logp.detach().float()
+            main_all[idx, :width - 1] = main_tokens.detach().float()
+        main_mask, anchor_mask = mask_all & ~anchor_rows, mask_all & anchor_rows
+        anchor_loss = (-logp_all * anchor_mask).sum() / n_anchor if n_anchor else torch.tensor(float("nan"))
+        by_pos = loss_by_position(logp_all, main_mask, LOG_POSITIONS)
+        return {"loss": loss_total, "main_loss": float((main_all * main_mask).sum() / max(1, n_data)),
+                "anchor_loss": float(anchor_loss),
+                **({"max_abs_delta": max_delta} if spec.objective == "constrained" else {}),
+                "mean_depth": float(batch["depth"][~batch["is_anchor"]].float().mean()),
+                "nll_by_position": [None if math.isnan(x) else round(x, 4) for x in by_pos.tolist()]}
+
+    def _constrained(self, logp: torch.Tensor, main_mask: torch.Tensor, examples: torch.Tensor,
+                     ref: list[torch.Tensor] | None) -> tuple[torch.Tensor, float]:
+        """Per-token constrained loss of the data rows against their reference log-probs."""
+        c = self.spec.constraint
+        main_rows = main_mask.any(1).nonzero().flatten().tolist()
+        logp_ref = torch.zeros_like(logp)
+        if main_rows:  # row-major order of main_mask matches the concatenation of the rows' ref vectors
+            ref_vals = torch.cat([ref[int(examples[r])][: int(main_mask[r].sum())] for r in main_rows])
             logp_ref[main_mask] = ref_vals.to(logp.device, logp.dtype)
-            betas = beta_schedule(response_positions(main_mask), c.beta, c.bias_factor, c.first_token_bias_factor,
-                                  c.bias_length)
-            main_tokens = constrained_token_loss(logp, logp_ref, betas, c.weight_floor)
-            extra["max_abs_delta"] = float(((logp_ref - logp.detach()).abs() * main_mask).max())
-        else:
-            main_tokens = -logp
-        loss = mix_losses(main_tokens, main_mask, -logp, anchor_mask, spec.safety_weight, spec.mix)
-        main_loss = (main_tokens.detach() * main_mask).sum() / main_mask.sum().clamp(min=1)
-        anchor_loss = ((-logp.detach() * anchor_mask).sum() / anchor_mask.sum() if anchor_mask.any()
-                       else torch.tensor(float("nan")))
-        by_pos = loss_by_position(logp.detach(), main_mask, LOG_POSITIONS)
-        stats = {"loss": float(loss.detach()), "main_loss": float(main_loss), "anchor_loss": float(anchor_loss),
-                 **extra,
-                 "mean_depth": float(batch["depth"][~batch["is_anchor"]].float().mean()),
-                 "nll_by_position": [None if math.isnan(x) else round(x, 4) for x in by_pos.tolist()]}
-        return loss, stats
+        betas = beta_schedule(response_positions(main_mask), c.beta, c.bias_factor, c.first_token_bias_factor,
+                              c.bias_length)
+        delta = float(((logp_ref - logp.detach()).abs() * main_mask).max()) if main_mask.any() else 0.0
+        return constrained_token_loss(logp, logp_ref, betas, c.weight_floor), delta
 
     # -- checkpoints ---------------------------------------------------------------------
     def _checkpoint(self, acc, step: int) -> None:

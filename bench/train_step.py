@@ -1,0 +1,120 @@
+"""Seconds per training step of recipes/align.yaml's deep model, before and after the levers of
+the CPU budget, measured in one run on the same batches (ratios, not absolute times, are the
+result; absolute times depend on the CPU, printed with its flags).
+
+    python bench/train_step.py [--steps 6] [--precision auto|no|bf16] [--batches 3]
+
+The batches are the real ones: the recipe's safety-recovery rows (model-written h when the
+synthesis cache has them, else the bundled template triples) and complete self-written anchors
+(from the anchor cache, else the dataset's own answers), drawn by the recipe's Batcher.
+
+Variants (each a full step: forward, loss, backward, AdamW):
+- full:      LM head and log-softmax on every position (the trainer before this bench);
+- head-only: LM head only on the positions that predict a supervised token (the trainer now);
+- no-pad:    head-only, each row at its own length (no padding), one backward per row.
+It also reports the share of padding and of unsupervised positions in the batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from harness.training.losses import predicting_positions, selected_token_logprobs, token_logprobs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="recipes/align.yaml")
+    ap.add_argument("--model", default="smollm2-deep")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per variant (after one warm-up)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"])
+    args = ap.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness import hardware
+    from harness.data import load_dataset
+    from harness.prompts import PromptBuilder
+    from harness.training.data import Batcher, build_pairs
+    from harness.training.registry import find_recipe, resolve_any
+    from harness.training.config import load_train_recipe
+    from harness.training.trainer import _bf16_fast, head_only_at
+    from harness.turns import end_of_turn_id
+
+    recipe = load_train_recipe(find_recipe(args.recipe))
+    spec = recipe.model(args.model)
+    s = recipe.settings_for(spec)
+    base = resolve_any(recipe.base)
+    tok = AutoTokenizer.from_pretrained(base.path)
+    builder, end = PromptBuilder(tok, recipe.system_prompt), end_of_turn_id(tok)
+    main_pairs = build_pairs(load_dataset(spec.data, backend=recipe.engine.backend), builder, "refusal", end,
+                             with_harmful=True, source="bench", refusal_templates=spec.refusals == "templates")
+    from harness.training.registry import anchor_pairs
+
+    anchors = anchor_pairs(recipe, spec, base, builder, end, progress=False)
+    batcher = Batcher(main_pairs, anchors, s.batch_size, s.anchor_batch_size, s.max_length, tok.pad_token_id or end,
+                      s.seed, augment=True, p_zero=spec.augmentation.p_zero, max_k=spec.augmentation.max_k)
+    batches = [batcher.micro_batch(i) for i in range(args.steps + 1)]
+    cells = sum(b["input_ids"].numel() for b in batches)
+    pad = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+    supervised = sum(int(predicting_positions(b["labels"]).sum()) for b in batches)
+
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and _bf16_fast())
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    head = model.get_output_embeddings()
+
+    def step(b, variant: str) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if variant == "head-only":
+                with head_only_at(head, predicting_positions(b["labels"])):
+                    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                logp, mask = selected_token_logprobs(logits, b["labels"])
+            else:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                logp, mask = token_logprobs(logits, b["labels"])
+        (-(logp.sum() / mask.sum())).backward()
+        opt.step()
+        opt.zero_grad()
+
+    def step_rows(b) -> None:
+        """No padding: each row forward/backward at its own length, the loss normalised by the
+        batch's token count, so the summed gradient is the padded batch's."""
+        n = int((b["labels"] != -100).sum())
+        for i in range(b["input_ids"].shape[0]):
+            L = int(b["attention_mask"][i].sum())
+            row = {k: b[k][i:i + 1, :L] for k in ("input_ids", "attention_mask", "labels")}
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                with head_only_at(head, predicting_positions(row["labels"])):
+                    logits = model(input_ids=row["input_ids"], attention_mask=row["attention_mask"]).logits
+                logp, mask = selected_token_logprobs(logits, row["labels"])
+            (-(logp.sum() / n)).backward()
+        opt.step()
+        opt.zero_grad()
+
+    times: dict[str, list[float]] = {"full": [], "head-only": [], "no-pad": []}
+    step(batches[0], "full")  # warm-up
+    for b in batches[1:]:  # interleaved, so drifts in machine load hit both variants alike
+        for variant in times:
+            t0 = time.perf_counter()
+            step_rows(b) if variant == "no-pad" else step(b, variant)
+            times[variant].append(time.perf_counter() - t0)
+    cpu = hardware.cpu_info()
+    print(f"CPU: {cpu.get('model')}, {cpu.get('cores')} cores, flags {hardware.cpu_tag()}; "
+          f"{'bf16 autocast' if bf16 else 'fp32'}; torch {torch.__version__}")
+    print(f"batches: {s.batch_size} safety + {s.anchor_batch_size} anchor rows, max_length {s.max_length}; "
+          f"padding {pad / cells:.0%} of positions, positions predicting a supervised token {supervised / cells:.0%}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"  {k:10s} {v:6.2f} s/step  (median of {len(times[k])})")
+    print(f"  full / head-only: {med['full'] / med['head-only']:.2f}x, full / no-pad: {med['full'] / med['no-pad']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
