@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -86,7 +85,14 @@ def tiny_hf(pool, tiny_resolved):
 
 class _Handler(BaseHTTPRequestHandler):
     """Answers /v1/chat/completions by model name: ok-<text>, flaky429, flaky500, down500, half, bad400, slow,
-    sleepy."""
+    sleepy. Nothing here depends on wall time:
+
+    - ``slow`` holds its answer until the test sets ``server.release`` (at most 60 s): a client whose
+      timeout works has given up by then, one whose timeout does not gets "Yes" late;
+    - ``sleepy`` holds each request until the test sets ``server.sleepy_open`` (under
+      ``server.cond``; at most 60 s); ``server.in_flight`` counts requests from arrival until just
+      before the answer is sent, so it never exceeds the client's concurrency, and
+      ``server.max_in_flight`` records the most seen."""
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -99,28 +105,26 @@ class _Handler(BaseHTTPRequestHandler):
             srv.requests.append(model)
             srv.auth.append(self.headers.get("Authorization"))
             n = srv.requests.count(model)
-            if model == "sleepy":
+        if model == "flaky429" and n <= 2:
+            return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
+        if model == "flaky500" and n <= 1 or model == "down500" or model == "half" and n > 2:
+            return self._send(500, {"error": {"message": "boom"}})
+        if model == "bad400":
+            return self._send(400, {"error": {"message": "bad request"}})
+        if model == "slow":
+            srv.release.wait(60)
+        if model == "sleepy":
+            with srv.cond:
                 srv.in_flight += 1
                 srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
-        try:
-            if model == "flaky429" and n <= 2:
-                return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
-            if model == "flaky500" and n <= 1 or model == "down500" or model == "half" and n > 2:
-                return self._send(500, {"error": {"message": "boom"}})
-            if model == "bad400":
-                return self._send(400, {"error": {"message": "bad request"}})
-            if model == "slow":
-                time.sleep(1.5)
-            if model == "sleepy":
-                time.sleep(0.15)
-            text = model.split("-", 1)[1] if model.startswith("ok-") else "Yes"
-            self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": model,
-                             "choices": [{"index": 0, "finish_reason": "stop",
-                                          "message": {"role": "assistant", "content": text}}]})
-        finally:
-            if model == "sleepy":
-                with srv.lock:
-                    srv.in_flight -= 1
+                srv.cond.notify_all()
+                srv.cond.wait_for(lambda: srv.sleepy_open, timeout=60)
+                srv.in_flight -= 1
+                srv.cond.notify_all()
+        text = model.split("-", 1)[1] if model.startswith("ok-") else "Yes"
+        self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": model,
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": text}}]})
 
     def _send(self, code: int, obj: dict, headers: dict | None = None) -> None:
         data = json.dumps(obj).encode()
@@ -141,7 +145,10 @@ def flaky():
     """A real HTTP server on 127.0.0.1 speaking the OpenAI chat API (stands in for a paid judge API)."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
-    srv.lock, srv.requests, srv.auth, srv.in_flight, srv.max_in_flight = threading.Lock(), [], [], 0, 0
+    srv.lock, srv.requests, srv.auth = threading.Lock(), [], []
+    srv.cond, srv.release = threading.Condition(srv.lock), threading.Event()
+    srv.in_flight = srv.max_in_flight = 0
+    srv.sleepy_open = True
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"

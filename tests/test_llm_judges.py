@@ -34,7 +34,7 @@ from judges.cli import normalize_label, parse_judge_spec, read_labelled
 from judges.llm import RUBRICS, ChainJudgeConfig, LLMJudgeConfig, classify_refusal, load_rubric
 from judges.parsers import ParseError, parse_hexphi, parse_llama_guard, parse_refusal, parse_refusal_class, \
     parse_strongreject, parse_yes_no
-from judges.transport import JudgeError
+from judges.transport import JudgeError, RetryPolicy
 from tests.conftest import ROOT, TEST_VLLM_EXTRA
 
 LABELLED = ROOT / "harness" / "data" / "bundled" / "judge_labelled.csv"
@@ -261,20 +261,40 @@ def test_retries_429_and_5xx_then_succeeds(flaky):
     assert v.label == "harmful" and flaky.requests.count("flaky500") == 2
 
 
-def test_retries_are_bounded_and_4xx_not_retried(flaky):
-    t0 = time.time()
+def test_retries_are_bounded_and_4xx_not_retried(flaky, monkeypatch):
+    """Bounded by count and by backoff: the waits the client computes (recorded, not timed)."""
+    waits = []
+    real_delay = RetryPolicy.delay
+    monkeypatch.setattr(RetryPolicy, "delay", lambda self, *a: waits.append(real_delay(self, *a)) or waits[-1])
     v = api_judge(flaky.url, "down500", max_retries=2).judge(ITEMS[:1])[0]
     assert v.label == "unscored" and "gave up after 3 attempts" in v.reason and "HTTP 500" in v.reason
-    assert flaky.requests.count("down500") == 3 and time.time() - t0 < 5
+    assert flaky.requests.count("down500") == 3
+    assert len(waits) == 2 and all(0 < w <= 0.05 for w in waits), waits  # backoff_max of api_judge
     v = api_judge(flaky.url, "bad400", max_retries=5).judge(ITEMS[:1])[0]
     assert v.label == "unscored" and "HTTP 400" in v.reason and flaky.requests.count("bad400") == 1
+    assert len(waits) == 2  # no wait before giving up on a 4xx
+
+
+def test_backoff_grows_and_is_capped():
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=30.0)
+    for attempt, (lo, hi) in enumerate([(0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, 16.0), (15.0, 30.0),
+                                        (15.0, 30.0)]):
+        d = [policy.delay(attempt) for _ in range(20)]
+        assert all(lo <= x <= hi for x in d), (attempt, d)
+    assert policy.delay(0, retry_after=1000.0) == 30.0  # Retry-After honoured up to backoff_max
+    assert 10.0 <= policy.delay(0, retry_after=10.0) <= 30.0
 
 
 def test_timeouts_are_retried_then_unscored(flaky):
-    t0 = time.time()
-    v = api_judge(flaky.url, "slow", timeout=0.3, max_retries=1).judge(ITEMS[:1])[0]
+    """The server holds "slow" answers until the judge has returned: a judge whose timeout works
+    gives up (twice: one retry); one whose timeout does not would wait and get "Yes" (harmful)."""
+    flaky.release.clear()
+    try:
+        v = api_judge(flaky.url, "slow", timeout=0.3, max_retries=1).judge(ITEMS[:1])[0]
+    finally:
+        flaky.release.set()
     assert v.label == "unscored" and "timeout" in v.reason
-    assert flaky.requests.count("slow") == 2 and time.time() - t0 < 3
+    assert flaky.requests.count("slow") == 2
 
 
 def test_dead_endpoint_abandons_the_batch(flaky):
@@ -297,11 +317,31 @@ def test_abandoned_batch_keeps_finished_judgments(flaky, tmp_path):
 
 
 def test_concurrency_is_bounded(flaky):
-    flaky.max_in_flight = 0
+    """The server holds every request (conftest: sleepy) until 3 are in flight, then gives a
+    4th a second to arrive before answering them all. A client bounded at 3 never sends one (the
+    second always passes, whatever the machine's speed); an unbounded client sends all 12 at
+    once; a serial one never reaches 3."""
+    import threading
+
+    with flaky.cond:
+        flaky.max_in_flight, flaky.sleepy_open = 0, False
     j = api_judge(flaky.url, "sleepy", concurrency=3)
-    verdicts = j.judge([JudgeInput(f"p{i}", f"c{i}") for i in range(12)])
-    assert all(v.label == "harmful" for v in verdicts)
-    assert 2 <= flaky.max_in_flight <= 3
+    items = [JudgeInput(f"p{i}", f"c{i}") for i in range(12)]
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("verdicts", j.judge(items)))
+    worker.start()
+    try:
+        with flaky.cond:
+            reached = flaky.cond.wait_for(lambda: flaky.in_flight >= 3, timeout=60)
+            flaky.cond.wait_for(lambda: flaky.in_flight >= 4, timeout=1.0)  # a grace period, not a measurement
+            held = flaky.in_flight
+    finally:
+        with flaky.cond:
+            flaky.sleepy_open = True
+            flaky.cond.notify_all()
+        worker.join(120)
+    assert reached and held == 3
+    assert [v.label for v in out["verdicts"]] == ["harmful"] * 12 and flaky.max_in_flight == 3
 
 
 def test_parse_failure_is_unscored_with_raw_kept_and_chain_falls_back(flaky):

@@ -200,32 +200,45 @@ def test_skipped_rows_are_reported(tmp_path, tiny_model, pool):
 
 
 def _cached_generations(path: Path) -> int:
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(path, timeout=1) as db:
-            return db.execute("SELECT COUNT(*) FROM gen").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    with sqlite3.connect(path, timeout=10) as db:
+        return db.execute("SELECT COUNT(*) FROM gen").fetchone()[0]
+
+
+def paused_run(recipe_path: Path, out: Path, marker: Path, after_chunks: int) -> subprocess.Popen:
+    """A real `harness run` subprocess that stops after its ``after_chunks``-th committed chunk of
+    generations and waits (tests/paused_run.py), and has written ``marker`` by the time this
+    returns: no race with a process that might finish first, on any machine."""
+    log = marker.with_name(marker.name + ".log")
+    with open(log, "w") as fh:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "paused_run.py"), str(marker), str(after_chunks),
+                                 "run", str(recipe_path), "--out", str(out)], env=ENV, stdout=fh, stderr=fh)
+    deadline = time.monotonic() + 600  # only a guard against a hang; nothing asserts on time
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (rc {proc.returncode}) before its chunk {after_chunks}:\n"
+                                 f"{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the run did not reach its pause point in 10 minutes")
+        time.sleep(0.05)
+    return proc
 
 
 def test_killed_run_resumes_from_the_cache(tmp_path, tiny_model, pool):
-    """SIGKILL a real `harness run` part-way, then resume: nothing finished is generated again."""
+    """SIGKILL a real `harness run` part-way (paused after its 2nd chunk of 4), then resume:
+    nothing finished is generated again."""
     raw = tiny_recipe(tiny_model, backend="hf", limit=40, depths=(0, 2, 4, 6, 8), chunk_size=4)
     raw["attacks"][0]["sampling"]["max_tokens"] = 24
     recipe_path = tmp_path / "tiny.yaml"
     recipe_path.write_text(yaml.safe_dump(raw))
     db = tmp_path / "out" / ".cache" / "generations.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(recipe_path), "--out", str(tmp_path / "out")],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and _cached_generations(db) < 8:
-        time.sleep(0.1)
-    assert proc.poll() is None, "run finished before it could be killed; make it longer"
+    marker = tmp_path / "paused"
+    proc = paused_run(recipe_path, tmp_path / "out", marker, after_chunks=2)
+    assert proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = _cached_generations(db)
-    assert 8 <= done_before < 200
+    assert done_before == int(marker.read_text()) == 8  # two committed chunks of 4
     assert not (tmp_path / "out" / "tiny" / "samples.jsonl").exists()  # no half-written run log
 
     res = run_recipe(recipe_from_dict(raw), out_dir=tmp_path / "out", engines=pool, progress=False)
@@ -243,14 +256,11 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, tiny_model):
     recipe_path = tmp_path / "tiny.yaml"
     recipe_path.write_text(yaml.safe_dump(raw))
     lock = tmp_path / "out" / "tiny" / ".lock"
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(recipe_path), "--out", str(tmp_path / "out")],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = paused_run(recipe_path, tmp_path / "out", tmp_path / "paused", after_chunks=1)  # holds its lock
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
-            time.sleep(0.05)
+        assert lock.read_text().startswith("pid")
         second = cli("run", str(recipe_path), "--out", str(tmp_path / "out"))
-        assert proc.poll() is None, "the first run ended before the second started"
+        assert proc.poll() is None  # still paused: the refusal below is the lock's doing
         assert second.returncode == 2
         assert f"is in use by another harness run (pid {proc.pid}" in second.stderr and "--run-id" in second.stderr
         assert "Traceback" not in second.stderr
