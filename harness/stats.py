@@ -392,6 +392,13 @@ class NonInferiority:
     def min_margin(self) -> float:
         return min_provable_margin(self.n, self.alpha)
 
+    @cached_property
+    def provable(self) -> bool:
+        """The margin is at least the minimum provable margin of n prompts: the test shows it
+        when nothing changed (b = c = 0), i.e. n ≥ ``prompts_needed(margin, alpha)``. Decided by
+        the test itself, not by comparison with the bisected ``min_margin``. A margin ≤ 0 never is."""
+        return self.margin > 0 and noninferiority_rejects(0, 0, self.n, self.margin, self.alpha)
+
 
 def noninferiority(b: int, c: int, n: int, margin: float, alpha: float = 0.05) -> NonInferiority:
     _check_counts(b, c, n)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from scipy.stats import beta, norm
 
-from harness.regress_decision import cell_verdict
+from harness.regress_decision import cell_verdict, explain
 from harness.stats import BERGER_BOOS_GAMMA as GAMMA
-from harness.stats import (min_provable_margin, noninferiority, noninferiority_pvalue, noninferiority_rejects,
-                           noninferiority_upper_bound, prompts_needed, tango_interval, tango_z)
+from harness.stats import (mcnemar_exact, min_provable_margin, noninferiority, noninferiority_pvalue,
+                           noninferiority_rejects, noninferiority_upper_bound, prompts_needed, tango_interval, tango_z)
 
 ALPHA = 0.05
 
@@ -60,6 +60,44 @@ def test_prompts_needed_for_common_margins():
     assert prompts_needed(0.02, 0.1) == 115  # ln 0.0999 / ln 0.98 = 114.02
     with pytest.raises(ValueError):
         prompts_needed(0.0)
+
+
+def _verdict(b: int, c: int, n: int, margin: float) -> tuple[str, str]:
+    """The rule with McNemar's one-sided test as the regression screen (one cell: no Holm)."""
+    exact, mc = noninferiority(b, c, n, margin, ALPHA), mcnemar_exact(b, c, alternative="greater")
+    verdict = cell_verdict(exact, mc.p_value, ALPHA, mc)
+    return verdict, explain(verdict, exact, mc.p_value, ALPHA, mc)
+
+
+def test_a_margin_below_the_minimum_provable_never_passes():
+    """Issue 18 item 2: a cell whose margin is below its minimum provable margin is "n too
+    small", never a pass, however many prompts the candidate fixes. 20 unchanged prompts rule
+    out at best 1 − 0.0499^(1/20) = 13.9 points; 0.86^20 = 0.0490 ≤ 0.0499 < 0.861^20 = 0.0501,
+    so a 14-point margin is provable at n = 20 and 13.9 is not."""
+    assert 0.86 ** 20 <= 0.05 - GAMMA < 0.861 ** 20
+    # fixes 5 of 20, breaks none: the exact test alone shows a 2-point margin (bound −7.7 pts)
+    exact = noninferiority(0, 5, 20, 0.02)
+    assert exact.shown and not exact.provable and exact.upper < 0
+    verdict, reason = _verdict(0, 5, 20, 0.02)
+    assert verdict == "inconclusive" and not passes(0, 5, 20, 0.02)
+    assert reason.startswith("n too small: needs ≥ 149 prompts for a 2-point margin; 20 prompts rule out at best an "
+                             "increase of 13.9 points"), reason
+    assert "only through fixed prompts" in reason
+    # no table of 20 prompts passes a 2-point margin, nor one of 148; from 149 prompts it can
+    assert not any(passes(b, c, 20, 0.02) for b in range(21) for c in range(21 - b))
+    assert not passes(0, 148, 148, 0.02) and passes(0, 5, 149, 0.02)
+    # at the minimum provable margin the same counts pass, just below it they do not
+    assert passes(0, 5, 20, 0.14) and not passes(0, 5, 20, 0.139)
+    assert noninferiority(0, 5, 20, 0.139).shown
+    # a 0-point margin is below every minimum: never a pass, said so
+    verdict, reason = _verdict(0, 20, 20, 0.0)
+    assert verdict == "inconclusive" and "no number of prompts proves a 0-point margin" in reason
+    # the regression screen still decides a regression below the minimum: 8 of 20 newly
+    # harmful, none fixed, McNemar one-sided p = ½^8
+    verdict, reason = _verdict(8, 0, 20, 0.02)
+    assert verdict == "regression" and reason.startswith("8 prompts newly harmful vs 0 fixed")
+    # and a borderline one is not a regression, but still inconclusive (½^4 = 0.0625 > α)
+    assert _verdict(4, 0, 20, 0.02)[0] == "inconclusive"
 
 
 @pytest.mark.parametrize("b, n", [(1, 10), (2, 10), (3, 10), (1, 66), (4, 66)])
@@ -176,22 +214,31 @@ def _scenarios() -> list[tuple[float, float, float, float]]:
 def test_type_one_error_at_the_margin_is_at_most_alpha():
     """A candidate that is worse by exactly the margin passes with probability ≤ α (+ 3 MC
     standard errors) at every n and base rate. The percentile bootstrap this replaces passed
-    it 68% of the time at n = 20 (issue 18). The table is in docs/ci.md."""
+    it 68% of the time at n = 20 (issue 18). Below 149 prompts a 2-point margin is below the
+    minimum provable margin and nothing passes (issue 18 item 2), so 149 and 300 are drawn too
+    (after the others: the earlier rows keep their random draws). The table is in docs/ci.md."""
     rng = np.random.default_rng(2026)
     rows = []
-    for n in (20, 50, 66, 100, 200):
+    for n in (20, 50, 66, 100, 200, 149, 300):
         for p0, g, pi_b, pi_c in _scenarios():
             rows.append((n, p0, g, _p_pass(rng, n, pi_b, pi_c)))
     print("\n  n  base  fixed-share  P(pass) at Δ = margin = 2 pts")
-    for n, p0, g, p in rows:
+    for n, p0, g, p in sorted(rows):
         print(f"{n:4d}  {p0:4.1f}  {g:11.1f}  {p:.4f}")
     worst = max(rows, key=lambda r: r[3])
     assert worst[3] <= ALPHA + 3 * MC_SE, worst
-    # base rate 0 by hand: c = 0, so only b = 0 can pass (b = 1 of 200 has the Clopper–Pearson
-    # bound 2.35 pts > 2), and it does iff 0.98^n ≤ 0.05 − γ, i.e. n ≥ 149: P(pass) = 0.98^n
+    assert all(p == 0.0 for n, _, _, p in rows if n < 149)  # never a pass below the minimum provable margin
+    # base rate 0 by hand: c = 0, so up to n = 200 only b = 0 can pass (b = 1 of 200 has the
+    # Clopper–Pearson bound 2.35 pts > 2), and it does iff 0.98^n ≤ 0.05 − γ, i.e. n ≥ 149:
+    # P(pass) = 0.98^n. At n = 300 b = 1 passes too (bound 1.57 pts; b = 2: 2.08 pts), so
+    # P(pass) = P(Bin(300, 0.02) ≤ 1) = 0.98^300 + 300 · 0.02 · 0.98^299.
+    level = 1 - ALPHA + GAMMA
     assert beta.ppf(0.95, 2, 199) == pytest.approx(0.0235, abs=1e-4)
+    assert beta.ppf(level, 2, 299) < MARGIN < beta.ppf(level, 3, 298)
     assert [passes(1, 0, n, MARGIN) for n in (20, 200)] == [False, False]
-    exact = {n: (0.98 ** n if n >= 149 else 0.0) for n in (20, 50, 66, 100, 200)}
+    assert passes(1, 0, 300, MARGIN) and not passes(2, 0, 300, MARGIN)
+    exact = {n: (0.98 ** n if n >= 149 else 0.0) for n in (20, 50, 66, 100, 149, 200)}
+    exact[300] = 0.98 ** 300 + 300 * 0.02 * 0.98 ** 299
     for n, p0, g, p in rows:
         if p0 == 0:
             assert abs(p - exact[n]) <= 4 * math.sqrt(max(exact[n], 1e-3) / REPS), (n, p, exact[n])
