@@ -86,15 +86,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 REGRESS_EPILOG = """\
-rule (see harness/regress.py and docs/ci.md):
-  per cell, prompts are paired by example id; Δ = candidate − baseline ASR (over-refusal rate)
-  pass          the one-sided (1−α) upper bound of Δ (paired, prompt-clustered bootstrap) < margin
-  regression    not shown below the margin, and McNemar's exact one-sided test (Holm-adjusted over
-                cells) finds significantly more newly-harmful than fixed prompts at level α
-  inconclusive  neither: fails the gate unless --allow-inconclusive
-  several samples per prompt: McNemar uses "harmful if any sample is", the bootstrap the
-  per-prompt harmful share
-exit status: 0 pass, 1 regression (or inconclusive), 2 bad input or configuration mismatch
+rule per cell (harness/regress_decision.py; docs/ci.md has the numbers); Δ = candidate − baseline
+ASR (over-refusal rate), the margin is --max-asr-increase (--max-overrefusal-increase):
+  pass          an exact test (Tango's score, exact unconditional p-value) shows Δ < margin at
+                level α, the margin is at least the minimum this n can prove, and the
+                prompt-clustered bootstrap bound agrees (a cross-check: it can only withhold a pass)
+  regression    not a pass, and McNemar's exact one-sided test (Holm over cells) finds more newly
+                harmful than fixed prompts at level α
+  inconclusive  neither, e.g. "n too small: needs ≥ 149 prompts for a 2-point margin" (a margin
+                below the minimum never passes); fails unless --allow-inconclusive
+per prompt: the first scored sample (any-of-N cells: any sample); prompts scored in one run only
+count as newly harmful (the worst case; McNemar uses the prompts scored in both)
+exit status: 0 pass, 1 regression or inconclusive, 2 bad input or configuration mismatch
 """
 
 
@@ -126,8 +129,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     g = sub.add_parser("regress", help="CI gate: paired tests of a candidate run against a baseline run",
                        description="Test every ASR cell and over-refusal cell of --candidate against --baseline on "
-                       "the same prompts: McNemar's exact test and a paired, prompt-clustered bootstrap used as a "
-                       "one-sided non-inferiority test against the margins.", epilog=REGRESS_EPILOG,
+                       "the same prompts, paired by example id: an exact non-inferiority test against the margins "
+                       "(Tango's score, exact unconditional p-value) decides a pass, McNemar's exact test a "
+                       "regression; a prompt-clustered bootstrap is a cross-check.", epilog=REGRESS_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("--baseline", type=Path, required=True, metavar="RUN_DIR")
     g.add_argument("--candidate", type=Path, required=True, metavar="RUN_DIR")
@@ -147,8 +151,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="accept runs whose dataset / attack / sampling / judge configuration differs (repeatable); "
                         "prompts are then paired where both runs have them")
     g.add_argument("--allow-inconclusive", action="store_true",
-                   help="do not fail on cells that are neither shown within the margin nor significantly worse")
-    g.add_argument("--bootstrap", type=int, default=10_000, metavar="N", help="bootstrap replicates (default 10000)")
+                   help="do not fail on inconclusive cells: neither shown within the margin nor significantly "
+                        "worse, including \"n too small\"")
+    g.add_argument("--bootstrap", type=int, default=10_000, metavar="N",
+                   help="replicates of the bootstrap cross-check (default 10000)")
     g.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     g.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML (one testcase per cell)")
     g.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -212,6 +213,27 @@ def test_pairing_cancels_prompt_variance_and_is_seeded():
 
 
 # --------------------------------------------------------------------------- the gate through the CLI
+
+
+def test_regress_help_states_the_exact_rule():
+    """`harness regress --help` describes the rule the gate applies (harness.regress_decision):
+    an exact test decides a pass, the bootstrap only cross-checks it, small n is "n too small"."""
+    out = harness_cli("regress", "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    passing = text[text.index("pass an exact test"):text.index("regression not a pass")]
+    assert "Tango's score, exact unconditional p-value" in passing and "shows Δ < margin at level α" in passing
+    assert "the margin is at least the minimum this n can prove" in passing
+    assert "bootstrap bound agrees (a cross-check: it can only withhold a pass)" in passing
+    assert "n too small: needs ≥ 149 prompts for a 2-point margin" in text
+    assert "McNemar's exact one-sided test (Holm over cells)" in text
+    assert "exit status: 0 pass, 1 regression or inconclusive, 2 bad input" in text
+    # the old text made the bootstrap the pass criterion
+    assert "(paired, prompt-clustered bootstrap) < margin" not in text and "bootstrap used as" not in text
+    # every other mention (the --bootstrap flag aside) calls it a cross-check
+    mentions = re.findall(r"(?<!-)bootstrap \S+(?: \S+)?", text)
+    assert mentions and all(m in ("bootstrap bound agrees", "bootstrap is a", "bootstrap cross-check (default",
+                                  "bootstrap seed (default") for m in mentions), mentions
 
 
 def test_regression_exits_1_with_junit_and_markdown(runs, tmp_path):
