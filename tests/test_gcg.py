@@ -1,6 +1,9 @@
 """GCG adversarial suffixes on a tiny random-init llama: the token gradient against finite
-differences, cached against uncached losses, the token filters, resume from the artefact cache,
-and a run through the harness that records suffix and loss per sample.
+differences, cached against uncached losses, the token filters, the optimiser against a
+noise-gradient control with the same budget (random search would pass "the loss fell"), the
+universal loss over every (model, prompt) pair, probe sampling, the time budget (on a fake
+clock), resume from the artefact cache, and a run through the harness that records suffix and
+loss per sample.
 
 Expected values come from plain forward passes over the whole sequence written here (no prefix
 cache, no code of ``attacks.gcg``), from the tokenizer itself, or from ``model.generate``."""

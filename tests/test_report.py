@@ -312,11 +312,13 @@ def markup_run(runs, tmp_path_factory) -> Path:
 
 
 def test_report_html_is_inert_and_self_contained_without_a_browser(runs, markup_run, tmp_path):
+    """Rendered in this process (the CLI is a thin wrapper, checked in the browser test), so that
+    tests/mutants can break the renderer in memory."""
+    from harness.report import write_report
+
     title = f"Gate {PAYLOAD} report"
-    out_html = tmp_path / "report.html"
-    out = harness_cli("report", *(str(runs[k]) for k in ("deep", "decoding", "diag")), str(markup_run),
-                      "--out", str(out_html), "--show-completions", "--title", title)
-    assert out.returncode == 0, out.stderr
+    out_html = write_report([runs["deep"], runs["decoding"], runs["diag"], markup_run], tmp_path / "report.html",
+                            show_completions=True, title=title)
     html = out_html.read_text(encoding="utf-8")
     script = REPORT_JS.read_text(encoding="utf-8")
     assert page_problems(html, script) == []
