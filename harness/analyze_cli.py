@@ -34,6 +34,7 @@ from pydantic import Field, ValidationError, field_validator
 from harness.core import DATASET_FORMATS, Example, StrictModel, content_hash, dataset_hash
 from harness.data.base import DatasetConfig
 from harness.errors import HarnessError, ModelError, RecipeError
+from harness.names import PlainName, check_name
 from harness.recipes import ModelConfig, _format_errors, read_recipe_yaml
 
 _NAME = r"^[A-Za-z0-9][\w.-]*$"
@@ -43,7 +44,7 @@ _NAME = r"^[A-Za-z0-9][\w.-]*$"
 
 
 class _Analysis(StrictModel):
-    name: str | None = Field(None, pattern=_NAME, description="label and file stem; defaults to the type")
+    name: PlainName | None = Field(None, pattern=_NAME, description="label and file stem; defaults to the type")
     batch_size: int = Field(8, ge=1)
 
     @property
@@ -126,7 +127,7 @@ Analysis = Annotated[Union[KLAnalysis, GradAnalysis, RefusalAnalysis], Field(dis
 
 class AnalyzeRecipe(StrictModel):
     kind: Literal["analyze"]
-    name: str = Field(pattern=_NAME)
+    name: PlainName = Field(pattern=_NAME)
     description: str = ""
     system_prompt: str | None = Field(None, description="None keeps the chat template's default")
     models: list[ModelConfig] = Field(min_length=1)
@@ -408,7 +409,8 @@ def run_analyze_recipe(args: argparse.Namespace) -> int:
     """`harness run` on a ``kind: analyze`` recipe: results/<run-id>/ (``--out`` is the results
     root, ``--run-id`` the folder, default the recipe name; ``--limit`` caps examples)."""
     recipe = load_analyze_recipe(args.recipe, getattr(args, "set", None))
-    run_dir = Path(args.out or recipe.output_dir) / (args.run_id or recipe.name)
+    run_id = recipe.name if args.run_id is None else check_name(args.run_id, "--run-id", "results/<run-id>/")
+    run_dir = Path(args.out or recipe.output_dir) / run_id
     manifest = run_analysis(recipe, run_dir, limit=getattr(args, "limit", None))
     print_results(run_dir, manifest)
     print(f"\n{run_dir}: {', '.join(manifest['files'])}, manifest.json")

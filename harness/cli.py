@@ -16,10 +16,13 @@ COMMAND_MODULES: list[str] = ["harness.training.cli", "judges.cli", "harness.ana
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.names import check_name
     from harness.recipes import load_recipe, read_recipe_kind
     from harness.runner import run_recipe
     from harness.summary import print_scorecard_file, print_tables
 
+    if args.run_id is not None:  # before any work: a training recipe builds its models first
+        check_name(args.run_id, "--run-id", "the run folder results/<run-id>/")
     if read_recipe_kind(args.recipe) == "train":
         from harness.training.cli import run_train_recipe
 
@@ -101,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="recipe YAML, e.g. recipes/prefill.yaml")
     run.add_argument("--limit", type=int, help="examples per dataset (smoke runs)")
     run.add_argument("--out", type=Path, help="results root (default: the recipe's output_dir, 'results')")
-    run.add_argument("--run-id", help="results sub-folder (default: the recipe name); re-running the same recipe "
-                                      "resumes from the caches, a different one replaces its tables")
+    run.add_argument("--run-id", help="results sub-folder (default: the recipe name), a plain name (no / or \\, not "
+                                      ". or ..); re-running the same recipe resumes from the caches, a different "
+                                      "one replaces its tables")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe key, e.g. --set engine.backend=hf --set attacks.0.depths=[0,5]")
     run.set_defaults(func=_cmd_run)

@@ -150,7 +150,10 @@ def artifact(run: RunDir, model: str, dataset: str, attack: str, records: list[d
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name) or "_"
+    """A name from the run's records as one plain file or folder name: anything but word
+    characters, '.' and '-' becomes '_', and '.' or '..' (the folder itself, its parent) too."""
+    safe = re.sub(r"[^\w.-]+", "_", name) or "_"
+    return safe.replace(".", "_") if safe in (".", "..") else safe
 
 
 def export_jbb(run: RunDir, judge: str | None = None, models: Sequence[str] = (), attacks: Sequence[str] = (),

@@ -19,6 +19,7 @@ from harness.core import (ATTACKS, DATASET_FORMATS, JUDGES, UTILITY_TASKS, Attac
 from harness.data.base import DatasetConfig
 from harness.engine.base import EngineSettings
 from harness.errors import RecipeError
+from harness.names import PlainName
 
 
 class ModelConfig(StrictModel):
@@ -40,7 +41,7 @@ class ModelConfig(StrictModel):
 
 
 class Recipe(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$")
+    name: PlainName = Field(pattern=r"^[A-Za-z0-9][\w.-]*$", description="the default run id: results/<name>/")
     description: str = ""
     seed: int = 0
     system_prompt: str | None = Field(None, description="None keeps the chat template's default")

@@ -29,8 +29,10 @@ from harness import hardware
 from harness.core import Example, PlannedSample, content_hash, dataset_hash, setting_label
 from harness.data import load_dataset
 from harness.engine import Engine, EngineConfig, GenRequest, engine_descriptor, engine_hash, make_engine, resolve_config
+from harness.errors import RecipeError
 from harness.finalize import finalize
 from harness.models import ResolvedModel
+from harness.names import check_name
 from harness.prompts import PromptBuilder
 from harness.recipes import ModelConfig, Recipe
 from harness.store import (ARTIFACTS_DB, MANIFEST, ArtifactCache, GenerationCache, RunLock, append_history, cache_root,
@@ -139,7 +141,9 @@ def run_recipe(
     """Run ``recipe`` into ``<out_dir>/<run_id>`` (default ``results/<recipe name>``), which is
     locked for the run and rewritten from the caches at its end."""
     out_root = Path(out_dir or recipe.output_dir)
-    run_dir = out_root / (run_id or recipe.name)
+    if run_id is None:
+        run_id = check_name(recipe.name, "recipe name", "the default run id: results/<name>/", RecipeError)
+    run_dir = out_root / check_name(run_id, "run id", "the run folder results/<run-id>/")
     with RunLock(run_dir):
         return _run(recipe, out_root, run_dir, limit or recipe.limit, engines, resolver, progress)
 

@@ -14,7 +14,9 @@ from typing import Any, Sequence
 
 from harness.core import Example, content_hash
 from harness.engine import GenRequest, Sampling, make_engine
+from harness.errors import RecipeError
 from harness.models import ResolvedModel, cache_dir, resolve_model
+from harness.names import check_name
 from harness.prompts import PromptBuilder
 
 
@@ -47,6 +49,7 @@ def synthesize_column(examples: list[Example], cfg: Any, label: str, progress: b
     through ``cfg.backend``, else ``backend`` (the recipe's engine), else vLLM."""
     from harness.engine.base import EngineSettings
 
+    check_name(label, "dataset label", "the synth cache file <label>-<key>.jsonl", RecipeError)
     model = resolve_model(cfg.model)
     cfg = cfg.model_copy(update={"backend": cfg.backend or backend or "vllm"})
     settings = cfg.model_dump(mode="json", exclude={"model"})

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from harness.core import DATASET_FORMATS, Example, StrictModel
 from harness.errors import DataError
+from harness.names import PlainName
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 EXAMPLE_FIELDS = ("id", "prompt", "category", "target", "response", "refusal", "cluster")
@@ -38,7 +39,8 @@ class DatasetConfig(StrictModel):
     """One dataset entry of a recipe."""
 
     format: str = Field(description="demo | jsonl | csv | advbench | harmbench | hexphi (see `harness list`)")
-    name: str | None = None
+    name: PlainName | None = Field(None, description="label in results and in cache file names; default: the "
+                                                     "file's stem, else the format")
     path: str | None = None
     columns: dict[str, str] = Field(default_factory=dict, description="Example field -> column (dots index nested JSON)")
     targets: str | None = Field(None, description="HarmBench targets JSON (BehaviorID -> target)")
