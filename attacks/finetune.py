@@ -108,7 +108,9 @@ class FinetuneAttack(AttackConfig):
     def _check(self) -> "FinetuneAttack":
         from harness.training.config import TrainSettings
 
-        TrainSettings.model_validate(self.training_settings())  # errors name the key
+        settings = TrainSettings.model_validate(self.training_settings())  # errors name the key
+        if settings.epochs is not None:
+            raise ValueError("training.epochs: a fine-tuning attack counts rounds x steps_per_round, not epochs")
         return self
 
     def training_settings(self) -> dict[str, Any]:

@@ -10,8 +10,9 @@ synthesis cache has them, else the bundled template triples) and complete self-w
 
 Variants (each a full step: forward, loss, backward, AdamW):
 - full:      LM head and log-softmax on every position (the trainer before this bench);
-- head-only: LM head only on the positions that predict a supervised token (the trainer now);
-- no-pad:    head-only, each row at its own length (no padding), one backward per row.
+- head-only: the trainer's step with chunk_tokens 0: LM head only on the positions that
+             predict a supervised token, the whole padded batch in one forward;
+- chunked:   the trainer's step with the recipe's chunk_tokens (length-sorted chunks).
 It also reports the share of padding and of unsupervised positions in the batches.
 """
 
@@ -23,7 +24,10 @@ import time
 
 import torch
 
-from harness.training.losses import predicting_positions, selected_token_logprobs, token_logprobs
+import tempfile
+from pathlib import Path
+
+from harness.training.losses import mix_losses, predicting_positions, token_logprobs
 
 
 def main() -> None:
@@ -42,7 +46,7 @@ def main() -> None:
     from harness.training.data import Batcher, build_pairs
     from harness.training.registry import find_recipe, resolve_any
     from harness.training.config import load_train_recipe
-    from harness.training.trainer import _bf16_fast, head_only_at
+    from harness.training.trainer import Trainer, _bf16_fast
     from harness.turns import end_of_turn_id
 
     recipe = load_train_recipe(find_recipe(args.recipe))
@@ -68,42 +72,38 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    head = model.get_output_embeddings()
+    trainers = {}
+    for name, chunk in (("head-only", 0), ("chunked", s.chunk_tokens or 640)):
+        r = recipe.model_copy(update={"training": s.model_copy(update={"chunk_tokens": chunk,
+                                                                         "mixed_precision": "bf16" if bf16 else "no"})})
+        t = Trainer(r, spec.model_copy(update={"training": {}}), base, Path(tempfile.mkdtemp()), anchors, progress=False)
+        t._head = model.get_output_embeddings()
+        trainers[name] = t
+    acc = trainers["chunked"]._accelerator()
+
+    def step_full(b) -> None:
+        """The trainer before: the whole padded batch, the LM head on every position."""
+        with acc.autocast():
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        logp, mask = token_logprobs(logits, b["labels"])
+        anchor = b["is_anchor"][:, None]
+        acc.backward(mix_losses(-logp, mask & ~anchor, -logp, mask & anchor, spec.safety_weight, spec.mix))
 
     def step(b, variant: str) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            if variant == "head-only":
-                with head_only_at(head, predicting_positions(b["labels"])):
-                    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                logp, mask = selected_token_logprobs(logits, b["labels"])
-            else:
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                logp, mask = token_logprobs(logits, b["labels"])
-        (-(logp.sum() / mask.sum())).backward()
+        if variant == "full":
+            step_full(b)
+        else:
+            with acc.autocast():
+                trainers[variant]._forward_backward(acc, model, b, None)
         opt.step()
         opt.zero_grad()
 
-    def step_rows(b) -> None:
-        """No padding: each row forward/backward at its own length, the loss normalised by the
-        batch's token count, so the summed gradient is the padded batch's."""
-        n = int((b["labels"] != -100).sum())
-        for i in range(b["input_ids"].shape[0]):
-            L = int(b["attention_mask"][i].sum())
-            row = {k: b[k][i:i + 1, :L] for k in ("input_ids", "attention_mask", "labels")}
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                with head_only_at(head, predicting_positions(row["labels"])):
-                    logits = model(input_ids=row["input_ids"], attention_mask=row["attention_mask"]).logits
-                logp, mask = selected_token_logprobs(logits, row["labels"])
-            (-(logp.sum() / n)).backward()
-        opt.step()
-        opt.zero_grad()
-
-    times: dict[str, list[float]] = {"full": [], "head-only": [], "no-pad": []}
+    times: dict[str, list[float]] = {"full": [], "head-only": [], "chunked": []}
     step(batches[0], "full")  # warm-up
-    for b in batches[1:]:  # interleaved, so drifts in machine load hit both variants alike
+    for b in batches[1:]:  # interleaved, so drifts in machine load hit every variant alike
         for variant in times:
             t0 = time.perf_counter()
-            step_rows(b) if variant == "no-pad" else step(b, variant)
+            step(b, variant)
             times[variant].append(time.perf_counter() - t0)
     cpu = hardware.cpu_info()
     print(f"CPU: {cpu.get('model')}, {cpu.get('cores')} cores, flags {hardware.cpu_tag()}; "
@@ -113,7 +113,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
         print(f"  {k:10s} {v:6.2f} s/step  (median of {len(times[k])})")
-    print(f"  full / head-only: {med['full'] / med['head-only']:.2f}x, full / no-pad: {med['full'] / med['no-pad']:.2f}x")
+    print(f"  full / head-only: {med['full'] / med['head-only']:.2f}x, full / chunked: {med['full'] / med['chunked']:.2f}x")
 
 
 if __name__ == "__main__":
