@@ -319,7 +319,11 @@ def test_recipe_with_utility_end_to_end(tmp_path, tiny_model, pool):
     table = pd.read_csv(run_dir / "utility.csv")
     assert list(table.columns) == ["model", "setting", "task", "metric", "n", "mean", "unscored", "ci_low", "ci_high",
                                    "ci"]
-    assert len(table) == 2 * 5  # refused; rougeL, exact_match, contains; exact_match — per model
+    # refused; rougeL, exact_match, contains; exact_match; turns/fabricated_turn — per model
+    assert len(table) == 2 * 6
+    turns = table[(table.task == "turns") & (table.metric == "fabricated_turn")]
+    # every completion of each model: 2 prompts x 2 depths of attack, 3 + 2 + 1 utility prompts
+    assert list(turns.n) == [10, 10]
     em = table[(table.task == "reference") & (table.metric == "exact_match")]
     assert list(em.n) == [1, 1]
     card = pd.read_csv(run_dir / "scorecard.csv")
