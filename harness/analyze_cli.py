@@ -35,7 +35,7 @@ from harness.core import DATASET_FORMATS, Example, StrictModel, content_hash, da
 from harness.data.base import DatasetConfig
 from harness.errors import HarnessError, ModelError, RecipeError
 from harness.names import PlainName, check_name
-from harness.recipes import ModelConfig, _format_errors, read_recipe_yaml
+from harness.recipes import ModelConfig, format_errors, read_recipe_yaml
 
 _NAME = r"^[A-Za-z0-9][\w.-]*$"
 
@@ -165,7 +165,7 @@ def analyze_recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> A
     try:
         recipe = AnalyzeRecipe.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError(_format_errors(source, e)) from None
+        raise RecipeError(format_errors(source, e)) from None
     _check_references(recipe, source)
     return recipe
 
@@ -322,7 +322,7 @@ def _clear_previous(run_dir: Path) -> None:
 
 def _manifest(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None, device: str, models: Models) -> dict[str, Any]:
     from harness import hardware
-    from harness.runner import _git_commit, package_versions
+    from harness.runner import git_commit, package_versions
     from harness.store import now
 
     dumped = recipe.model_dump(mode="json")
@@ -330,7 +330,7 @@ def _manifest(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None, device: s
             "command": sys.argv, "recipe": dumped, "recipe_hash": content_hash(dumped), "limit": limit,
             "device": device, "dtype": recipe.dtype,
             "models": {n: r.to_json() for n, r in models.resolved.items()}, "analyses": {}, "files": [],
-            "hardware": hardware.describe(), "packages": package_versions(), "git": _git_commit()}
+            "hardware": hardware.describe(), "packages": package_versions(), "git": git_commit()}
 
 
 def run_analysis(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None = None,

@@ -80,7 +80,7 @@ class Recipe(StrictModel):
         return self.utility
 
 
-def _format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
+def format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
@@ -102,7 +102,7 @@ def _typed_list(source: str, raw: list[Any], key: str, registry: Registry) -> li
         try:
             out.append(cls.model_validate(item))
         except ValidationError as e:
-            raise RecipeError(_format_errors(source, e, f"{key}.{i}.")) from None
+            raise RecipeError(format_errors(source, e, f"{key}.{i}.")) from None
     labels = [c.label for c in out]
     dupes = sorted({n for n in labels if labels.count(n) > 1})
     if dupes:
@@ -175,7 +175,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError(_format_errors(source, e)) from None
+        raise RecipeError(format_errors(source, e)) from None
     recipe.attacks = _typed_list(source, recipe.attacks, "attacks", ATTACKS)
     recipe.judges = _typed_list(source, recipe.judges, "judges", JUDGES)
     recipe.utility = _typed_list(source, recipe.utility, "utility", UTILITY_TASKS)

@@ -334,7 +334,7 @@ class Generator:
         return done
 
 
-def _git_commit() -> dict[str, Any]:
+def git_commit() -> dict[str, Any]:
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -386,5 +386,5 @@ def _manifest(recipe: Recipe, run_dir: Path, limit: int | None, datasets: list[D
         "engines": {},
         "hardware": hardware.describe(),
         "packages": package_versions(),
-        "git": _git_commit(),
+        "git": git_commit(),
     }

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from harness.core import StrictModel, content_hash as _content_hash
+from harness.core import StrictModel, content_hash
 from harness.data.base import DatasetConfig
 from harness.engine.base import EngineSettings
 from harness.errors import RecipeError
@@ -186,7 +186,7 @@ def is_train_recipe(raw: dict[str, Any]) -> bool:
 
 def load_train_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
     """A training recipe, with ``--set key=value`` overrides applied (e.g. training.steps=10)."""
-    from harness.recipes import _format_errors, read_recipe_yaml
+    from harness.recipes import format_errors, read_recipe_yaml
 
     raw = read_recipe_yaml(path, overrides, what="training recipe")
     if not is_train_recipe(raw):
@@ -194,8 +194,8 @@ def load_train_recipe(path: str | Path, overrides: list[str] | None = None) -> T
     try:
         return TrainRecipe.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError(_format_errors(str(path), e)) from None
+        raise RecipeError(format_errors(str(path), e)) from None
 
 
 def content_key(obj: Any) -> str:
-    return _content_hash(obj)
+    return content_hash(obj)
