@@ -128,6 +128,14 @@ class Sampling:
         return d
 
 
+def with_preset(raw: Any, presets: dict[str, dict[str, Any]]) -> Any:
+    """A config's raw dict with its named ``preset``'s values filled in; keys set next to the
+    preset win (sampling and training presets)."""
+    if isinstance(raw, dict) and raw.get("preset") in presets:
+        return {**presets[raw["preset"]], **raw}
+    return raw
+
+
 # Named decoding presets; keys a recipe sets next to the preset win.
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
     "greedy": {"temperature": 0.0, "top_p": 1.0, "top_k": 0},
@@ -151,9 +159,7 @@ class SamplingConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in SAMPLING_PRESETS:
-            return {**SAMPLING_PRESETS[data["preset"]], **data}
-        return data
+        return with_preset(data, SAMPLING_PRESETS)
 
     def to_sampling(self, default_seed: int) -> Sampling:
         return Sampling(self.temperature, self.top_p, self.top_k, self.max_tokens, self.n,

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from harness.core import StrictModel, content_hash
+from harness.core import StrictModel, content_hash, with_preset
 from harness.data.base import DatasetConfig
 from harness.engine.base import EngineSettings
 from harness.errors import RecipeError
@@ -82,9 +82,7 @@ class TrainSettings(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and raw.get("preset") in TRAIN_PRESETS:
-            return {**TRAIN_PRESETS[raw["preset"]], **raw}
-        return raw
+        return with_preset(raw, TRAIN_PRESETS)
 
     def steps_for(self, rows: int, processes: int = 1) -> int:
         """Optimizer steps: ``steps``, or ``epochs`` passes over ``rows`` examples."""
