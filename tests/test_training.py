@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from harness.data import load_dataset
 from harness.data.base import DatasetConfig
+from harness.errors import DataError
 from harness.training.config import TrainRecipe
 from harness.training.data import Batcher, TrainPair, collate
 from harness.training.losses import (
@@ -124,6 +125,47 @@ def test_augmented_batches_mask_the_harmful_prefix():
     assert all(torch.equal(batch[k], again[k]) for k in batch), "batches are a pure function of the index"
     depths = torch.cat([b.micro_batch(i)["depth"][:4] for i in range(50)])
     assert 0.3 < float((depths == 0).float().mean()) < 0.7
+
+
+def test_contrast_rows_cut_benign_answers_and_join_the_safety_term():
+    main = [TrainPair(f"m{i}", "x", "r", "h", prompt_ids=(1, 2, 3), harmful_ids=tuple(range(100, 130)),
+                      target_ids=(7, 8, 9, 2)) for i in range(4)]
+    answer = tuple(range(200, 260)) + (2,)  # 60 answer tokens and the end of turn
+    anchor = [TrainPair(f"a{i}", "q", "y", prompt_ids=(1, 4), target_ids=answer) for i in range(3)]
+    plain = Batcher(main, anchor, batch_size=2, anchor_batch_size=1, max_length=128, pad_id=0, seed=5, augment=True)
+    b = Batcher(main, anchor, batch_size=2, anchor_batch_size=1, max_length=128, pad_id=0, seed=5, augment=True,
+                contrast_rows=3, contrast_window=8)
+    seen = set()
+    for index in range(40):
+        batch = b.micro_batch(index)
+        assert batch["is_contrast"].tolist() == [False] * 2 + [True] * 3 + [False]
+        assert batch["is_anchor"].tolist() == [False] * 5 + [True]  # contrast rows are in the safety term
+        # the safety rows are the ones a batcher without contrast rows draws
+        assert torch.equal(batch["depth"][:2], plain.micro_batch(index)["depth"][:2])
+        for row in range(2, 5):
+            k = int(batch["depth"][row])
+            seen.add(k)
+            assert 0 <= k <= 60
+            ids, labels = batch["input_ids"][row], batch["labels"][row]
+            assert ids[:2 + k].tolist() == [1, 4] + list(answer[:k])  # the benign answer so far is context
+            want = list(answer[k:k + 8])  # its next 8 tokens are the target
+            assert labels[2 + k:2 + k + len(want)].tolist() == want
+            assert (labels[:2 + k] == IGNORE).all() and (labels[2 + k + len(want):] == IGNORE).all()
+    assert 0 in seen and max(seen) > 40, seen  # k = 0 and deep cuts both occur
+    with pytest.raises(DataError, match="anchors"):
+        Batcher(main, [], batch_size=2, anchor_batch_size=0, max_length=64, pad_id=0, seed=0, contrast_rows=1)
+
+
+def test_contrast_needs_anchors_and_a_reference_free_objective():
+    from harness.training.config import TrainModelSpec
+
+    base = {"name": "m", "data": {"format": "harmful-train"}, "contrast": {"rows": 2}}
+    with pytest.raises(ValueError, match="set `anchor`"):
+        TrainModelSpec.model_validate({**base, "objective": "augmented"})
+    with pytest.raises(ValueError, match="constrained"):
+        TrainModelSpec.model_validate({**base, "objective": "constrained", "anchor": {"format": "benign-train"}})
+    ok = TrainModelSpec.model_validate({**base, "objective": "augmented", "anchor": {"format": "benign-train"}})
+    assert ok.contrast.rows == 2 and ok.contrast.window == 32
 
 
 def test_collate_truncates_tail_not_context():
@@ -364,6 +406,29 @@ def test_safety_weight_is_alpha_on_the_safety_term(mix, expected, chunk_tokens, 
     anchor = batch["is_anchor"][:, None]
     mix_losses(-logp, mask & ~anchor, -logp, mask & anchor, 0.2, mix).backward()
     assert torch.allclose(model.table.grad, ref.table.grad, atol=1e-6)
+
+
+def test_contrast_rows_weigh_as_safety_rows(tiny_model):
+    """2 refusal rows (3 ln 2 per token) + 2 benign contrast rows (ln 2 per token) of 2 tokens each
+    make the data term: mean (4·3 ln2 + 4·ln2) / 8 = 2 ln2, weighted by α = 0.2 beside the anchors."""
+    from harness.models import resolve_model
+    from harness.training.trainer import Trainer
+
+    table = torch.zeros(8, 8)
+    table[4, 5] = table[5, 6] = math.log(7)  # benign continuations: p = 1/2
+    main = [TrainPair(f"m{i}", "x", "r", prompt_ids=(1,), target_ids=(2, 3)) for i in range(3)]
+    anchor = [TrainPair(f"a{i}", "q", "y", prompt_ids=(4,), target_ids=(5, 6)) for i in range(5)]
+    batch = Batcher(main, anchor, batch_size=2, anchor_batch_size=4, max_length=16, pad_id=0, seed=0,
+                    contrast_rows=2, contrast_window=4).micro_batch(0)
+    recipe = tiny_train_recipe(tiny_model, objective="sft")
+    spec = recipe.models[0].model_copy(update={"safety_weight": 0.2, "contrast": {"rows": 2, "window": 4}})
+    trainer = Trainer(recipe, spec, resolve_model(str(tiny_model)), tiny_model, progress=False)
+    model = BigramLM(table)
+    trainer._head = model.get_output_embeddings()
+    stats = trainer._forward_backward(trainer._accelerator(), model, batch, None)
+    assert stats["main_loss"] == pytest.approx(2 * math.log(2), abs=1e-5)
+    assert stats["contrast_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert stats["loss"] == pytest.approx(0.2 * 2 * math.log(2) + 0.8 * math.log(2), abs=1e-5)
 
 
 def test_old_anchor_weight_key_is_refused_with_the_conversion():

@@ -96,6 +96,17 @@ class AugmentationSettings(StrictModel):
     max_k: int = Field(100, ge=1, description="k ~ U{1..min(max_k, |h|)} otherwise")
 
 
+class ContrastSettings(StrictModel):
+    """Benign contrast rows (not in the paper): utility anchors cut at a depth drawn as for the
+    data rows, (x_b, b<=k) -> the next `window` tokens of b, in the data term beside the
+    turn-arounds. Without them the turn-around is learned from harmful rows alone, and a small
+    model learns "refuse a few tokens in" for benign answers too (README, "Depth without
+    over-refusal")."""
+
+    rows: int = Field(2, ge=1, description="contrast rows per micro-batch (drawn from `anchor`)")
+    window: int = Field(32, ge=1, description="tokens of the benign answer supervised after the cut")
+
+
 class ConstraintSettings(StrictModel):
     beta: float = Field(0.1, gt=0)
     bias_factor: float = Field(20.0, gt=0)
@@ -132,6 +143,8 @@ class TrainModelSpec(StrictModel):
         "weighted: α·data + (1-α)·anchor; token_mean: one token mean over both parts, as the official "
         "code does (the weight then follows the batch sizes and lengths)"))
     augmentation: AugmentationSettings = Field(default_factory=AugmentationSettings)
+    contrast: ContrastSettings | None = Field(None, description=(
+        "benign contrast rows in the data term (needs `anchor`; not with `constrained`)"))
     constraint: ConstraintSettings = Field(default_factory=ConstraintSettings)
     training: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's `training`")
 
@@ -148,6 +161,11 @@ class TrainModelSpec(StrictModel):
     def _check(self) -> "TrainModelSpec":
         if self.objective == "augmented" and self.target != "refusal":
             raise ValueError("objective `augmented` learns the refusal after a harmful prefix; `target` must be refusal")
+        if self.contrast is not None and self.anchor is None:
+            raise ValueError("`contrast` rows are drawn from the utility anchors: set `anchor` too")
+        if self.contrast is not None and self.objective == "constrained":
+            raise ValueError("`contrast` is for objectives sft and augmented (the constrained loss has no "
+                             "reference log-probs for benign rows)")
         return self
 
 

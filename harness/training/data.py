@@ -129,14 +129,17 @@ class Batcher:
 
     def __init__(self, main: list[TrainPair], anchor: list[TrainPair], batch_size: int, anchor_batch_size: int,
                  max_length: int, pad_id: int, seed: int, augment: bool = False, p_zero: float = 0.5,
-                 max_k: int = 100) -> None:
+                 max_k: int = 100, contrast_rows: int = 0, contrast_window: int = 32) -> None:
         if not main:
             raise DataError("no training examples")
+        if contrast_rows and not anchor:
+            raise DataError("contrast rows are drawn from the utility anchors, and there are none")
         self.main, self.anchor = main, anchor
         self.batch_size = batch_size
         self.anchor_batch_size = anchor_batch_size if anchor else 0
         self.max_length, self.pad_id, self.seed = max_length, pad_id, seed
         self.augment, self.p_zero, self.max_k = augment, p_zero, max_k
+        self.contrast_rows, self.contrast_window = contrast_rows, contrast_window
 
     def _draw(self, n_items: int, per_batch: int, index: int, salt: int) -> list[int]:
         """Items for micro-batch ``index``: consecutive slots of per-epoch permutations."""
@@ -149,23 +152,39 @@ class Batcher:
 
     def micro_batch(self, index: int) -> dict[str, torch.Tensor]:
         """Tensors for global micro-batch ``index``: input_ids, attention_mask, labels,
-        is_anchor (B,), example (B,) index into main/anchor, depth (B,) harmful tokens used."""
+        is_anchor (B,), is_contrast (B,), example (B,) index into main/anchor, depth (B,)
+        prefix tokens used. Rows come in the order main, contrast, anchor.
+
+        Contrast rows (``contrast_rows``) are benign anchors cut at a depth drawn as for the
+        main rows: (x_b, b<=k) -> the next ``contrast_window`` tokens of b. They join the main
+        (safety) term, so each depth's turn-around is learned against a benign continuation of
+        equal weight: whether to turn around must come from what x and h say, not from the
+        position alone."""
         main_idx = self._draw(len(self.main), self.batch_size, index, salt=1)
+        contrast_idx = self._draw(len(self.anchor), self.contrast_rows, index, salt=3) if self.contrast_rows else []
         anchor_idx = self._draw(len(self.anchor), self.anchor_batch_size, index, salt=2) if self.anchor_batch_size else []
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         pairs = [self.main[i] for i in main_idx]
-        if self.augment:
-            lengths = torch.tensor([len(p.harmful_ids) for p in pairs])
-            depths = sample_recovery_depth(lengths, g, self.p_zero, self.max_k).tolist()
-        else:
-            depths = [0] * len(pairs)
+        benign = [self.anchor[i] for i in contrast_idx]
+        depths, benign_depths = self._depths([len(p.harmful_ids) for p in pairs], g), []
+        if benign:  # never the whole answer: at least one token is left to supervise
+            benign_depths = self._depths([len(p.target_ids) - 1 for p in benign], g)
         seqs = [(p.prompt_ids + p.harmful_ids[:k], p.target_after(k)) for p, k in zip(pairs, depths)]
+        seqs += [(p.prompt_ids + p.target_ids[:k], p.target_ids[k:k + self.contrast_window])
+                 for p, k in zip(benign, benign_depths)]
         seqs += [(self.anchor[i].prompt_ids, self.anchor[i].target_ids) for i in anchor_idx]
         batch = collate(seqs, self.max_length, self.pad_id)
-        batch["is_anchor"] = torch.tensor([False] * len(pairs) + [True] * len(anchor_idx))
-        batch["example"] = torch.tensor(main_idx + anchor_idx)
-        batch["depth"] = torch.tensor(depths + [0] * len(anchor_idx))
+        n_main, n_contrast, n_anchor = len(pairs), len(benign), len(anchor_idx)
+        batch["is_anchor"] = torch.tensor([False] * (n_main + n_contrast) + [True] * n_anchor)
+        batch["is_contrast"] = torch.tensor([False] * n_main + [True] * n_contrast + [False] * n_anchor)
+        batch["example"] = torch.tensor(main_idx + contrast_idx + anchor_idx)
+        batch["depth"] = torch.tensor(depths + benign_depths + [0] * n_anchor)
         return batch
+
+    def _depths(self, lengths: list[int], g: torch.Generator) -> list[int]:
+        if not self.augment:
+            return [0] * len(lengths)
+        return sample_recovery_depth(torch.tensor(lengths), g, self.p_zero, self.max_k).tolist()
 
 
 def collate(seqs: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int, pad_id: int) -> dict[str, torch.Tensor]:

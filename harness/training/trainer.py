@@ -169,7 +169,9 @@ class Trainer:
             s = self.settings = s.model_copy(update={"steps": s.steps_for(len(main), acc.num_processes)})
         batcher = Batcher(main, self.anchor_pairs, s.batch_size, s.anchor_batch_size, s.max_length, pad, s.seed,
                           augment=spec.objective == "augmented", p_zero=spec.augmentation.p_zero,
-                          max_k=spec.augmentation.max_k)
+                          max_k=spec.augmentation.max_k,
+                          contrast_rows=spec.contrast.rows if spec.contrast else 0,
+                          contrast_window=spec.contrast.window if spec.contrast else 32)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=s.lr, betas=(s.adam_beta1, s.adam_beta2), weight_decay=s.weight_decay)
         # not prepared: a prepared scheduler steps once per process per step under multi-process
@@ -267,11 +269,17 @@ class Trainer:
             main_all[idx, :width - 1] = main_tokens.detach().float()
         main_mask, anchor_mask = mask_all & ~anchor_rows, mask_all & anchor_rows
         anchor_loss = (-logp_all * anchor_mask).sum() / n_anchor if n_anchor else torch.tensor(float("nan"))
-        by_pos = loss_by_position(logp_all, main_mask, LOG_POSITIONS)
+        safety_mask = main_mask & ~batch["is_contrast"][:, None]
+        by_pos = loss_by_position(logp_all, safety_mask, LOG_POSITIONS)
+        contrast = {}
+        if batch["is_contrast"].any():
+            contrast_mask = main_mask & batch["is_contrast"][:, None]
+            contrast = {"contrast_loss": float((-logp_all * contrast_mask).sum() / contrast_mask.sum().clamp(min=1))}
         return {"loss": loss_total, "main_loss": float((main_all * main_mask).sum() / max(1, n_data)),
                 "anchor_loss": float(anchor_loss),
                 **({"max_abs_delta": max_delta} if spec.objective == "constrained" else {}),
-                "mean_depth": float(batch["depth"][~batch["is_anchor"]].float().mean()),
+                **contrast,
+                "mean_depth": float(batch["depth"][~batch["is_anchor"] & ~batch["is_contrast"]].float().mean()),
                 "nll_by_position": [None if math.isnan(x) else round(x, 4) for x in by_pos.tolist()]}
 
     def _constrained(self, logp: torch.Tensor, main_mask: torch.Tensor, examples: torch.Tensor,
