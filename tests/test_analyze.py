@@ -433,7 +433,7 @@ def test_validate_checks_models_without_building_them(capsys):
 
 
 def test_analyze_recipe_errors_name_the_file_and_key(tmp_path):
-    from harness.analyze_cli import load_analyze_recipe
+    from harness.analyze_recipe import load_analyze_recipe
 
     text = (ROOT / "recipes" / "diagnostics.yaml").read_text()
     cases = {

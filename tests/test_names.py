@@ -121,7 +121,7 @@ def test_validate_refuses_a_recipe_or_dataset_name_that_is_a_path(tmp_path):
 
 
 def test_analyze_recipe_and_analysis_names(tmp_path):
-    from harness.analyze_cli import load_analyze_recipe
+    from harness.analyze_recipe import load_analyze_recipe
 
     for old, new, key in (("name: diag", "name: ../diag", "name"),
                           ("type: refusal,", "type: refusal, name: ../../kl,", "analyses.0.refusal.name")):
