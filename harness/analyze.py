@@ -53,12 +53,12 @@ from tqdm.auto import tqdm
 
 from harness.core import Example
 from harness.errors import DataError
+from harness.intervals import Z95, half_width
 from harness.plots import line_chart
 from harness.prompts import PromptBuilder
 from harness.training.data import collate
 from harness.training.losses import IGNORE, response_positions, shift, token_logprobs
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile, for the bands around a mean
 
 
 # --------------------------------------------------------------------------- sequences
@@ -400,7 +400,7 @@ class RefusalByDepth:
             n = int(ok.numel())
             mean = float(ok.mean()) if n else math.nan
             std = float(ok.std()) if n > 1 else math.nan
-            hw = Z95 * std / math.sqrt(n) if n > 1 else math.nan
+            hw = half_width(std, n)
             out.append({"depth": k, "n": n, "skipped": int(col.numel()) - n, "mean_logprob": mean, "std_logprob": std,
                         "ci95_low": mean - hw, "ci95_high": mean + hw,
                         "mean_prob": float(ok.exp().mean()) if n else math.nan})

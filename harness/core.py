@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterable, Literal, TypeVar
@@ -37,6 +38,30 @@ def canonical_json(obj: Any) -> str:
 def content_hash(obj: Any, length: int = 16) -> str:
     """sha256 of the canonical JSON of ``obj`` (sorted keys), as ``length`` hex digits."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def set_dotted(root: dict[str, Any], key: str, value: Any) -> None:
+    """``root[a][b][0] = value`` for the dotted ``key`` "a.b.0" (recipe ``--set`` overrides, judge
+    specs): missing sections become mappings, a number indexes an existing list. A ``ValueError``
+    names the part of the path that does not fit."""
+    parts = key.split(".")
+    cur: Any = root
+    for j, part in enumerate(parts):
+        if isinstance(cur, list):
+            if not re.match(r"^\d+$", part) or int(part) >= len(cur):
+                raise ValueError(f"{'.'.join(parts[:j]) or '(top)'} is a list of {len(cur)}; {part!r} is not an "
+                                 "index in it")
+            idx: Any = int(part)
+        elif isinstance(cur, dict):
+            idx = part
+        else:
+            raise ValueError(f"{'.'.join(parts[:j])} is a value, not a section")
+        if j == len(parts) - 1:
+            cur[idx] = value
+        else:
+            if isinstance(cur, dict) and idx not in cur:
+                cur[idx] = {}
+            cur = cur[idx]
 
 
 # --------------------------------------------------------------------------- configs

@@ -7,7 +7,6 @@ sweeps, GCG, fine-tuning rounds) plug in without touching this schema.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from harness.core import (ATTACKS, DATASET_FORMATS, JUDGES, UTILITY_TASKS, AttackConfig, JudgeConfig, Registry,
-                          StrictModel)
+                          StrictModel, set_dotted)
 from harness.data.base import DatasetConfig
 from harness.engine.base import EngineSettings
 from harness.errors import RecipeError
@@ -110,34 +109,16 @@ def _typed_list(source: str, raw: list[Any], key: str, registry: Registry) -> li
     return out
 
 
-_INDEX = re.compile(r"^\d+$")
-
-
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub.0=value`` overrides; values are parsed as YAML scalars/lists."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"--set {item!r}: expected key=value (e.g. engine.backend=hf)")
-        parts = key.split(".")
-        cur: Any = raw
-        for j, part in enumerate(parts):
-            last = j == len(parts) - 1
-            if isinstance(cur, list):
-                if not _INDEX.match(part) or int(part) >= len(cur):
-                    raise RecipeError(f"--set {key}: {'.'.join(parts[:j]) or '(top)'} is a list of {len(cur)}; "
-                                      f"{part!r} is not an index in it")
-                idx: Any = int(part)
-            elif isinstance(cur, dict):
-                idx = part
-            else:
-                raise RecipeError(f"--set {key}: {'.'.join(parts[:j])} is a value, not a section")
-            if last:
-                cur[idx] = yaml.safe_load(value)
-            else:
-                if isinstance(cur, dict) and idx not in cur:
-                    cur[idx] = {}
-                cur = cur[idx]
+        try:
+            set_dotted(raw, key, yaml.safe_load(value))
+        except ValueError as e:
+            raise RecipeError(f"--set {key}: {e}") from None
     return raw
 
 

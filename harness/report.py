@@ -32,6 +32,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from harness.formatting import number, pct
 from harness.report_figures import Figure, all_figures, loss_curve
 from harness.rundir import RunDir, load_runs, parse_setting_label
 
@@ -42,26 +43,13 @@ EDIT_SKIP = {"prefill_text", "prefill_tokens"}  # shown as the prefill itself
 # --------------------------------------------------------------------------- formatting
 
 
-def _num(x: Any) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return math.nan
-    return v
-
-
-def pct(x: Any, digits: int = 1) -> str:
-    v = _num(x)
-    return "—" if math.isnan(v) else f"{100 * v:.{digits}f}"
-
-
 def interval(lo: Any, hi: Any) -> str:
-    a, b = _num(lo), _num(hi)
+    a, b = number(lo), number(hi)
     return "" if math.isnan(a) or math.isnan(b) else f"{100 * a:.0f}–{100 * b:.0f}"
 
 
 def sort_key(x: Any) -> str:
-    v = _num(x)
+    v = number(x)
     return "" if math.isnan(v) else f"{v:.6f}"
 
 

@@ -23,12 +23,12 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from harness.intervals import mean_interval
 from harness.plots import line_chart
 from harness.rundir import AnalysisTable, RunDir, parse_setting_label
 
 LOSS_KEYS = ("losses", "loss_curve", "loss_history", "loss_trace", "loss")
 DECODING_PARAMS = ("temperature", "top_p", "top_k")
-Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -164,12 +164,10 @@ def _mean_band(curves: list[list[float]]) -> tuple[list[tuple[float, float]], li
     points, band = [], []
     for step in range(max(map(len, curves))):
         vals = [c[step] for c in curves if step < len(c)]
-        mean = sum(vals) / len(vals)
+        mean, low, high = mean_interval(vals)
         points.append((float(step), mean))
         if len(vals) > 1:
-            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-            half = Z95 * sd / math.sqrt(len(vals))
-            band.append((float(step), mean - half, mean + half))
+            band.append((float(step), low, high))
     return points, band
 
 

@@ -32,7 +32,7 @@ from scipy.special import bdtr, gammaln, xlog1py, xlogy
 from scipy.stats import beta as beta_dist
 from scipy.stats import binomtest
 
-from harness.summary import wilson
+from harness.intervals import wilson
 
 __all__ = ["BERGER_BOOS_GAMMA", "BootstrapInterval", "McNemar", "NonInferiority", "holm", "mcnemar_exact",
            "min_provable_margin", "noninferiority", "noninferiority_pvalue", "noninferiority_rejects",

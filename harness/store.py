@@ -132,6 +132,7 @@ class ArtifactCache:
 
 
 def cache_root(results_root: Path) -> Path:
+    """The caches shared by every run under ``results_root`` (``<results root>/.cache``)."""
     return Path(results_root) / ".cache"
 
 

@@ -24,7 +24,6 @@ else the example) to the binomial one, floored at 1.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,26 +31,13 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from harness.core import ReducerConfig
+from harness.intervals import wilson
 from harness.turns import count_fabricated
 
 KEYS = ["model", "dataset", "attack", "setting", "reducer", "judge"]
 COLUMNS = KEYS + ["n", "harmful", "safe", "unscored", "skipped", "asr", "ci_low", "ci_high", "n_examples",
                   "n_clusters", "design_effect", "n_effective", "ci_low_clustered", "ci_high_clustered",
                   "recovery_rate", "fabricated_turns", "detail", "model_fingerprint", "dataset_hash", "attack_hash", "judge_hash"]
-Z95 = 1.959963984540054
-
-
-def wilson(k: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (n may be an effective, non-integer n)."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def design_effect(ys: Sequence[float], clusters: Sequence[str]) -> float:
     """Cluster-robust variance of the mean of ``ys`` over its binomial variance, floored at 1.
 

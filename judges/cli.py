@@ -15,7 +15,10 @@ from typing import Any
 
 import yaml
 
+from harness.core import set_dotted
 from harness.errors import DataError, RecipeError
+from harness.store import cache_root
+from judges.cache import CACHE_NAME, default_cache_path
 
 JUDGE_SPEC_HELP = """\
 judge spec (--judge, repeatable), one of:
@@ -80,13 +83,10 @@ def parse_judge_spec(spec: str) -> list[dict[str, Any]]:
                 key, eq, value = pair.partition("=")
                 if not eq or not key.strip():
                     raise RecipeError(f"{where}: {pair!r} is not key=value")
-                cur = item
-                *parents, last = key.strip().split(".")
-                for part in parents:
-                    cur = cur.setdefault(part, {})
-                    if not isinstance(cur, dict):
-                        raise RecipeError(f"{where}: {key} nests under a value")
-                cur[last] = yaml.safe_load(value)
+                try:
+                    set_dotted(item, key.strip(), yaml.safe_load(value))
+                except ValueError as e:
+                    raise RecipeError(f"{where}: {key}: {e}") from None
             items = [item]
     except yaml.YAMLError as e:
         raise RecipeError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
@@ -130,7 +130,6 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from harness.runner import judge_entry
     from harness.store import MANIFEST, RunLock, read_manifest, read_samples, write_json
     from harness.summary import print_tables
-    from judges.cache import default_cache_path
     from judges.llm import validate_judges
 
     run_dir: Path = args.run_dir
@@ -308,7 +307,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--one-means", choices=("harmful", "refusal"), default="harmful",
                    help="meaning of label 1 in 0/1 columns (default: harmful/compliance)")
     e.add_argument("--limit", type=int, help="first N labelled rows only")
-    e.add_argument("--cache", type=Path, default=Path("results/.cache/judgments.sqlite"),
+    e.add_argument("--cache", type=Path, default=cache_root(Path("results")) / CACHE_NAME,
                    help="judge cache (default: results/.cache/judgments.sqlite)")
     e.add_argument("--no-cache", action="store_true")
     e.add_argument("--out", type=Path, help="folder for judge_eval.csv (per-row verdicts) and judge_eval_metrics.json")

@@ -16,20 +16,18 @@ that run on into a made-up next turn (``harness.turns``); it should be 0.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
-from harness.summary import wilson
+from harness.intervals import mean_interval, wilson
 from harness.turns import has_fabricated_turn
 
 UTILITY_CSV = "utility.csv"
 SCORECARD_CSV = "scorecard.csv"
 TURNS_TASK = "turns"  # pseudo-task: share of all a model's completions with a fabricated next turn
 UTILITY_COLUMNS = ["model", "setting", "task", "metric", "n", "mean", "unscored", "ci_low", "ci_high", "ci"]
-Z95 = 1.959963984540054
 
 
 def is_binary(metric: str, values: list[float]) -> bool:
@@ -40,13 +38,10 @@ def is_binary(metric: str, values: list[float]) -> bool:
 
 
 def normal_ci(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    if n < 2:
+    if len(values) < 2:
         return float("nan"), float("nan")
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = Z95 * sd / math.sqrt(n)
-    return max(0.0, mean - half), min(1.0, mean + half)
+    _, low, high = mean_interval(values)
+    return max(0.0, low), min(1.0, high)
 
 
 def utility_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
