@@ -67,7 +67,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from harness.core import ATTACKS, DATASET_FORMATS, JUDGES, UTILITY_TASKS
+    from harness.core import ATTACKS, DATASET_FORMATS, ENGINES, JUDGES, UTILITY_TASKS
     from harness.models import known_models
 
     sections = [
@@ -77,6 +77,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         ("attacks (recipe `attacks[].type`)", ATTACKS.describe()),
         ("judges (recipe `judges[].type`)", JUDGES.describe()),
         ("utility tasks (recipe `utility[].type`)", UTILITY_TASKS.describe()),
+        ("engine backends (recipe `engine.backend`)", ENGINES.describe()),
     ]
     for title, items in sections:
         print(title)

@@ -384,6 +384,14 @@ class Registry(Generic[T]):
         self._read_entry_points()
         return sorted(set(self._table) | set(self._loaded))
 
+    def choices(self) -> str:
+        """The names as a choice in an error message: the built-in ones in their table order, then
+        the rest sorted ("'vllm' or 'hf'")."""
+        self._read_entry_points()
+        names = list(dict.fromkeys([*self._table, *sorted(self._loaded)]))
+        quoted = [repr(n) for n in names]
+        return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
     def describe(self) -> dict[str, str]:
         """First docstring line of each plug-in (imports them all; for `harness list`)."""
         out = {}
@@ -413,6 +421,14 @@ UTILITY_TASKS: Registry[type] = Registry("utility task", {
     "samsum": "harness.utility.tasks:SamsumTask",
     "gsm8k": "harness.utility.tasks:Gsm8kTask",
 }, "harness.utility_tasks")
+
+# Engine backends: classes ``(model_path, EngineConfig)`` -> ``harness.engine.base.Engine``, with a
+# ``describe(config)`` static method (what of the config can change a completion) and a
+# ``eager_on_cpu`` flag (``enforce_eager: null`` means eager on CPU-only machines).
+ENGINES: Registry[type] = Registry("engine backend", {
+    "vllm": "harness.engine.vllm_backend:VLLMEngine",
+    "hf": "harness.engine.hf_backend:HFEngine",
+}, "harness.engines")
 
 DATASET_FORMATS: Registry[Callable[..., list[Example]]] = Registry("dataset format", {
     "demo": "harness.data.loaders:load_demo",
