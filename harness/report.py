@@ -146,14 +146,6 @@ def build_samples(runs: Sequence[RunDir], show_completions: bool, limit: int) ->
     return index
 
 
-def script_json(obj: Any) -> Markup:
-    """JSON safe inside ``<script type="application/json">``: ``<``, ``>`` and ``&`` are
-    escaped as \\u003c, \\u003e, \\u0026 (so ``</script>`` and ``<!--`` cannot occur), and every
-    non-ASCII character as \\uXXXX (lone surrogates included)."""
-    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, default=str, separators=(",", ":"))
-    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
-
-
 def _clean(obj: Any) -> Any:
     """NaN/inf -> None, recursively (JSON has no NaN)."""
     if isinstance(obj, float):
@@ -392,8 +384,15 @@ def run_metadata(run: RunDir) -> dict[str, Any]:
 
 
 def _environment() -> Environment:
-    return Environment(loader=PackageLoader("harness", "templates"), autoescape=True, undefined=StrictUndefined,
-                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    """The page's jinja2 environment. Its ``|tojson`` (jinja2's ``htmlsafe_json_dumps``) writes JSON
+    safe inside ``<script type="application/json">``: ``<``, ``>``, ``&`` and ``'`` as \\u003c,
+    \\u003e, \\u0026, \\u0027 (so ``</script>`` and ``<!--`` cannot occur), every non-ASCII
+    character as \\uXXXX (lone surrogates included), no NaN, keys in the payload's order."""
+    env = Environment(loader=PackageLoader("harness", "templates"), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.policies["json.dumps_kwargs"] = {"ensure_ascii": True, "allow_nan": False, "default": str,
+                                         "separators": (",", ":")}
+    return env
 
 
 def _csp_hash(script: str) -> str:
@@ -420,7 +419,7 @@ def render_report(runs: Sequence[RunDir], show_completions: bool = False, sample
         "categories": category_blocks(runs),
         "show_completions": show_completions,
         "samples_per_cell": samples_per_cell,
-        "data": script_json(_clean(index.payload(show_completions, samples_per_cell))),
+        "data": _clean(index.payload(show_completions, samples_per_cell)),
         "script": Markup(script), "style": Markup(style), "csp_script": _csp_hash(script),
         "incomplete": [r.label for r in runs if not r.complete],
     }
@@ -436,4 +435,4 @@ def write_report(paths: Sequence[Path | str], out: Path, show_completions: bool 
     return out
 
 
-__all__: Iterable[str] = ["render_report", "script_json", "write_report"]
+__all__: Iterable[str] = ["render_report", "write_report"]
