@@ -4,7 +4,9 @@ An attack is a config class (``harness.core.AttackConfig``) whose hooks the runn
 each target model: ``variants`` (models derived from the target, e.g. fine-tuning rounds),
 ``prepare`` (per-example artefacts computed with gradient access, e.g. GCG suffixes) and
 ``plan`` (token-level prompts and sampling settings). The runner owns generation, caching,
-judging and the run log, so an attack never touches an engine or a file directly.
+judging and the run log, so an attack never touches an engine or a file directly. How its
+samples read in the report and the export is the attack's too: ``threat_model``,
+``describe_edit`` and ``charts`` (``SettingChart``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.core import AttackConfig, BuiltPrompt, Example, PlannedSample, Sampling, setting_label
+from harness.core import SettingChart
 from harness.models import ResolvedModel
 from harness.prompts import PromptBuilder
 
-__all__ = ["AttackConfig", "AttackContext", "BuiltPrompt", "Example", "PlannedSample", "Sampling", "Target",
-           "setting_label"]
+__all__ = ["AttackConfig", "AttackContext", "BuiltPrompt", "Example", "PlannedSample", "Sampling", "SettingChart",
+           "Target", "setting_label"]
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class GCGAttack(AttackConfig, GCGSettings):
     """GCG adversarial suffix (Zou et al. 2023), optimised on the target's weights, judged through the engine."""
 
     type: Literal["gcg"] = "gcg"
+    threat_model = "white_box"  # gradients of the target's weights
     mode: Literal["individual", "universal"] = Field(
         "individual", description="individual: one suffix per prompt; universal: one suffix for all prompts")
     universal_train: int | None = Field(

@@ -23,11 +23,12 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator
 
-from harness.core import DATASET_FORMATS, StrictModel
+from harness.core import StrictModel
 from harness.data.base import DatasetConfig
 from harness.errors import RecipeError
 from harness.names import PlainName
 from harness.recipes import ModelConfig, format_errors, read_recipe_yaml
+from harness.registry import DATASET_FORMATS
 
 __all__ = ["AnalyzeRecipe", "Analysis", "GradAnalysis", "KLAnalysis", "RefusalAnalysis", "analyze_recipe_from_dict",
            "load_analyze_recipe"]

@@ -67,8 +67,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from harness.core import ATTACKS, DATASET_FORMATS, ENGINES, JUDGES, UTILITY_TASKS
     from harness.models import known_models
+    from harness.registry import ATTACKS, DATASET_FORMATS, ENGINES, JUDGES, UTILITY_TASKS
 
     sections = [
         ("models (aliases; also: an HF folder, a .gguf file, a hub id org/name[@rev], or recipe.yaml#model)",

@@ -33,12 +33,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.errors import DataError
+from harness.registry import attack_class
 from harness.rundir import RunDir
 
-# JailbreakBench's attack types: white_box (weights or gradients), black_box (queries),
-# transfer, manual. Prefilling and decoding-parameter attacks need no weights, only control
-# of the assistant turn or of sampling; GCG and fine-tuning need the weights.
-ATTACK_TYPES = {"prefill": "black_box", "decoding": "black_box", "gcg": "white_box", "finetune": "white_box"}
 SUFFIX_KEYS = ("suffix", "adv_suffix", "adv_string", "control")
 
 
@@ -124,7 +121,7 @@ def artifact(run: RunDir, model: str, dataset: str, attack: str, records: list[d
     params = {
         "method": attack_type,
         "model": model,
-        "attack_type": ATTACK_TYPES.get(attack_type, "black_box"),
+        "attack_type": attack_class(attack_type).threat_model,  # JailbreakBench's white_box, black_box, …
         "defense": None,
         "attack_success_rate": n_broken / len(jailbreaks) if jailbreaks else None,
         "total_number_of_jailbreaks": n_broken,

@@ -13,12 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from harness.core import (ATTACKS, DATASET_FORMATS, JUDGES, UTILITY_TASKS, AttackConfig, JudgeConfig, Registry,
-                          StrictModel, set_dotted)
+from harness.core import AttackConfig, JudgeConfig, StrictModel, set_dotted
 from harness.data.base import DatasetConfig
 from harness.engine.base import EngineSettings
 from harness.errors import RecipeError
 from harness.names import PlainName
+from harness.registry import ATTACKS, DATASET_FORMATS, JUDGES, UTILITY_TASKS, Registry
 
 
 class ModelConfig(StrictModel):

@@ -33,11 +33,11 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from harness.formatting import number, pct
-from harness.report_figures import Figure, all_figures, loss_curve
+from harness.registry import attack_class
+from harness.report_figures import Figure, all_figures
 from harness.rundir import RunDir, load_runs, parse_setting_label
 
 OVERREFUSAL_METRICS = ("refused", "full_refusal", "partial_refusal", "refused_unsafe")
-EDIT_SKIP = {"prefill_text", "prefill_tokens"}  # shown as the prefill itself
 
 
 # --------------------------------------------------------------------------- formatting
@@ -93,31 +93,17 @@ class SampleIndex:
                 "truncated": {str(k): v for k, v in self.truncated.items()}}
 
 
-def attack_edit_text(info: dict[str, Any]) -> str:
-    """What the attack did to a sample, for display: prefill, suffix, or its settings."""
-    parts = []
-    if info.get("prefill_text"):
-        parts.append(f"prefill ({info.get('prefill_tokens', '?')} tokens): {info['prefill_text']}")
-    for key in ("suffix", "adv_suffix", "adv_string"):
-        if info.get(key):
-            parts.append(f"suffix: {info[key]}")
-    curve = loss_curve(info)
-    final = curve[-1] if curve else info.get("loss")
-    if isinstance(final, (int, float)) and not isinstance(final, bool) and math.isfinite(final):
-        parts.append(f"final loss {final:.4g}")
-    rest = [f"{k}={v}" for k, v in info.items() if k not in EDIT_SKIP and not k.startswith(("suffix", "adv_"))
-            and isinstance(v, (str, int, float, bool)) and v is not None and k != "prefill_text"]
-    if rest and not parts:
-        parts.append(", ".join(rest))
-    return "; ".join(parts)
-
-
 def _verdicts(r: dict[str, Any]) -> dict[str, list[str]]:
     out = {}
     for judge, v in (r.get("verdicts") or {}).items():
         if isinstance(v, dict):
             out[str(judge)] = [str(v.get("label") or "unscored"), str(v.get("reason") or v.get("raw") or "")]
     return out
+
+
+def edit_text(run: RunDir, r: dict[str, Any]) -> str:
+    """What the record's attack did to its sample, in the attack's words (``describe_edit``)."""
+    return attack_class(run.attack_type(str(r.get("attack", "")))).describe_edit(r.get("attack_info") or {})
 
 
 def build_samples(runs: Sequence[RunDir], show_completions: bool, limit: int) -> SampleIndex:
@@ -140,7 +126,7 @@ def build_samples(runs: Sequence[RunDir], show_completions: bool, limit: int) ->
                 continue
             metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else None
             index.samples.append([cell, index.example(r), int(r.get("sample_index") or 0),
-                                  attack_edit_text(r.get("attack_info") or {}), _verdicts(r),
+                                  edit_text(run, r), _verdicts(r),
                                   (r.get("completion") or "") if show_completions else None,
                                   r.get("skipped") or None, metrics])
     return index

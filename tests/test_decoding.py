@@ -18,11 +18,11 @@ from transformers import AutoTokenizer
 
 from attacks.base import Target
 from attacks.decoding import DecodingAttack, steps
-from harness.core import ATTACKS
 from harness.data import load_dataset
 from harness.data.base import DatasetConfig
 from harness.prompts import PromptBuilder
 from harness.recipes import recipe_from_dict
+from harness.registry import ATTACKS
 from harness.runner import run_recipe
 from harness.store import read_samples
 from tests.test_run import tiny_recipe

@@ -22,11 +22,11 @@ from attacks.gcg import GCGAttack
 from attacks.gcg_optim import GCGConfig, segments_of
 from attacks.gcg_problem import (Problem, candidate_losses, forbidden_mask, retokenizes, sample_candidates,
                                  token_gradient)
-from harness.core import ATTACKS
 from harness.data import load_dataset
 from harness.data.base import DatasetConfig
 from harness.prompts import PromptBuilder
 from harness.recipes import recipe_from_dict
+from harness.registry import ATTACKS
 from harness.runner import run_recipe
 from harness.store import read_samples
 from tests.test_run import tiny_recipe

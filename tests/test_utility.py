@@ -12,8 +12,8 @@ import pytest
 
 from harness.errors import DataError, RecipeError
 from harness.recipes import recipe_from_dict
+from harness.registry import UTILITY_TASKS
 from harness.summary import print_scorecard, summarize, wilson
-from harness.core import UTILITY_TASKS
 from harness.utility import metrics as M
 from harness.utility.table import normal_ci, scorecard, utility_table
 from tests.conftest import SHARED_DATA

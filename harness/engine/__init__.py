@@ -1,5 +1,5 @@
 """Generation engines: vLLM (default) and HF transformers (reference), plug-ins named in
-``harness.core.ENGINES``."""
+``harness.registry.ENGINES``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.core import ENGINES, content_hash
+from harness.core import content_hash
 from harness.engine.base import Completion, Engine, EngineConfig, EngineSettings, GenRequest, Sampling, package_version
+from harness.registry import ENGINES
 
 _DTYPE_NAMES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 

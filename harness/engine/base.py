@@ -8,7 +8,8 @@ from typing import Any, Protocol, Sequence
 
 from pydantic import Field, field_validator
 
-from harness.core import ENGINES, Sampling, StrictModel
+from harness.core import Sampling, StrictModel
+from harness.registry import ENGINES
 
 __all__ = ["Completion", "Engine", "EngineConfig", "EngineOptions", "EngineSettings", "GenRequest", "Sampling",
            "package_version"]

@@ -13,8 +13,9 @@ from typing import Any, Iterator
 
 from pydantic import Field
 
-from harness.core import UTILITY_TASKS, Example, LabelledConfig, PlannedSample, Sampling
+from harness.core import Example, LabelledConfig, PlannedSample, Sampling
 from harness.prompts import PromptBuilder
+from harness.registry import UTILITY_TASKS
 
 __all__ = ["UTILITY_TASKS", "UtilityTaskConfig"]
 
