@@ -25,7 +25,7 @@ def run_analyze_recipe(args: argparse.Namespace) -> int:
     run_dir = Path(args.out or recipe.output_dir) / run_id
     manifest = run_analysis(recipe, run_dir, limit=getattr(args, "limit", None))
     print_results(run_dir, manifest)
-    print(f"\n{run_dir}: {', '.join(manifest['files'])}, manifest.json")
+    print(f"\n{run_dir}: {', '.join(manifest.files)}, manifest.json")
     return 0
 
 
@@ -86,7 +86,7 @@ def _common(args: argparse.Namespace, models: list[dict[str, str]], analysis: di
     out = Path(args.out or Path("results") / recipe.name)
     manifest = run_analysis(recipe, out)
     print_results(out, manifest)
-    print(f"\n{out}: {', '.join(manifest['files'])}, manifest.json")
+    print(f"\n{out}: {', '.join(manifest.files)}, manifest.json")
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from harness.analyze_recipe import AnalyzeRecipe, GradAnalysis, KLAnalysis, RefusalAnalysis
 from harness.core import Example, content_hash, dataset_hash
 from harness.errors import HarnessError, ModelError, RecipeError
+from harness.runlog import ANALYZE_SCHEMA, Manifest
 
 __all__ = ["LoadedModel", "Models", "RUNNERS", "analysis_examples", "print_results", "resolve_device", "run_analysis"]
 
@@ -164,21 +165,21 @@ def _clear_previous(run_dir: Path) -> None:
             (run_dir / name).unlink(missing_ok=True)
 
 
-def _manifest(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None, device: str, models: Models) -> dict[str, Any]:
+def _manifest(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None, device: str, models: Models) -> Manifest:
     from harness import hardware
-    from harness.runner import git_commit, package_versions
+    from harness.provenance import git_commit, package_versions
     from harness.store import now
 
     dumped = recipe.model_dump(mode="json")
-    return {"schema": 1, "kind": "analyze", "run_id": run_dir.name, "status": "running", "started": now(),
-            "command": sys.argv, "recipe": dumped, "recipe_hash": content_hash(dumped), "limit": limit,
-            "device": device, "dtype": recipe.dtype,
-            "models": {n: r.to_json() for n, r in models.resolved.items()}, "analyses": {}, "files": [],
-            "hardware": hardware.describe(), "packages": package_versions(), "git": git_commit()}
+    return Manifest(schema=ANALYZE_SCHEMA, kind="analyze", run_id=run_dir.name, status="running", started=now(),
+                    command=sys.argv, recipe=dumped, recipe_hash=content_hash(dumped), limit=limit,
+                    device=device, dtype=recipe.dtype,
+                    models={n: r.to_json() for n, r in models.resolved.items()}, analyses={}, files=[],
+                    hardware=hardware.describe(), packages=package_versions(), git=git_commit())
 
 
 def run_analysis(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True) -> Manifest:
     """Run every analysis of ``recipe`` into ``run_dir``; returns the manifest it wrote."""
     from harness.store import MANIFEST, RunLock, now, write_json
 
@@ -189,7 +190,7 @@ def run_analysis(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None = None,
         device = resolve_device(recipe.device)
         models = Models(recipe, device, progress)
         manifest = _manifest(recipe, run_dir, limit, device, models)
-        write_json(run_dir / MANIFEST, manifest)
+        write_json(run_dir / MANIFEST, manifest.dump())
         try:
             for i, a in enumerate(recipe.analyses):
                 start = time.perf_counter()
@@ -197,20 +198,20 @@ def run_analysis(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None = None,
                 if progress:
                     print(f"{a.label}: {a.type} on {len(examples)} examples of {a.data.label}", file=sys.stderr)
                 files = RUNNERS[a.type](a, examples, models, run_dir, progress)
-                manifest["analyses"][a.label] = {
+                manifest.analyses[a.label] = {
                     "type": a.type, "config": a.model_dump(mode="json"), "files": files,
                     "dataset": {"label": a.data.label, "n": len(examples), "hash": dataset_hash(examples)},
                     "seconds": round(time.perf_counter() - start, 2)}
-                manifest["files"] += files
-                write_json(run_dir / MANIFEST, manifest)
+                manifest.files += files
+                write_json(run_dir / MANIFEST, manifest.dump())
                 models.keep_only({n for later in recipe.analyses[i + 1:] for n in later.model_names()})
-            manifest.update(status="complete")
+            manifest.status = "complete"
         except BaseException as e:
-            manifest.update(status="failed", error=f"{type(e).__name__}: {e}")
+            manifest.status, manifest.error = "failed", f"{type(e).__name__}: {e}"
             raise
         finally:
-            manifest.update(finished=now())
-            write_json(run_dir / MANIFEST, manifest)
+            manifest.finished = now()
+            write_json(run_dir / MANIFEST, manifest.dump())
     return manifest
 
 
@@ -223,11 +224,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def print_results(run_dir: Path, manifest: dict[str, Any], max_rows: int = 12) -> None:
+def print_results(run_dir: Path, manifest: Manifest, max_rows: int = 12) -> None:
     """A short table per CSV: the first rows of each model (or pair)."""
     import csv
 
-    for label, entry in manifest["analyses"].items():
+    for label, entry in manifest.analyses.items():
         table = next(f for f in entry["files"] if f.endswith(".csv"))
         with open(run_dir / table, encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))

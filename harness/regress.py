@@ -96,7 +96,8 @@ def _add(cell: Cell, r: dict[str, Any], value: float | None) -> None:
 
 
 def _reducers(run: RunDir, attack: str) -> list[ReducerConfig]:
-    config = ((run.manifest.get("attacks") or {}).get(attack) or {}).get("config") or {}
+    entry = run.manifest.attacks.get(attack)
+    config = entry.config if entry is not None else {}
     out = []
     for i, raw in enumerate(config.get("reducers") or []):
         try:
@@ -179,7 +180,7 @@ def _require_eval(run: RunDir, role: str) -> None:
     if run.kind != "eval":
         raise DataError(f"--{role} {run.path}: a diagnostics (analyze) run; give an evaluation run folder")
     if not run.complete:
-        raise DataError(f"--{role} {run.path}: manifest.json status is {run.manifest.get('status')!r}, not "
+        raise DataError(f"--{role} {run.path}: manifest.json status is {run.manifest.status!r}, not "
                         "'complete'; finish the run first (re-run the same command to resume)")
 
 
@@ -224,7 +225,7 @@ def _engine_notes(base: dict[CellKey, Cell], cand: dict[CellKey, Cell]) -> list[
 
 def _fingerprints(base: RunDir, cand: RunDir, mapping: dict[str, str]) -> dict[str, tuple[str, str]]:
     """Baseline model name (→ candidate name where they differ) -> (baseline, candidate) fingerprint."""
-    bm, cm = base.manifest.get("models") or {}, cand.manifest.get("models") or {}
+    bm, cm = base.manifest.models, cand.manifest.models
     out = {}
     for c, b in mapping.items():
         if b in bm and c in cm:

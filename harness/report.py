@@ -36,6 +36,7 @@ from harness.formatting import number, pct
 from harness.registry import attack_class
 from harness.report_figures import Figure, all_figures
 from harness.rundir import RunDir, load_runs, parse_setting_label
+from harness.runlog import Manifest
 
 OVERREFUSAL_METRICS = ("refused", "full_refusal", "partial_refusal", "refused_unsafe")
 
@@ -266,9 +267,9 @@ def category_blocks(runs: Sequence[RunDir]) -> list[dict[str, Any]]:
     counts: dict[tuple[str, str, str], dict[str, dict[tuple[str, str], dict[str, list[int]]]]] = {}
     any_seen: dict[tuple, dict[str, str]] = defaultdict(dict)
     for run in runs:
-        reduces = {a for a, e in (run.manifest.get("attacks") or {}).items()
+        reduces = {a for a, e in run.manifest.attacks.items()
                    if any((red or {}).get("type") == "any" if isinstance(red, dict) else str(red).startswith("any")
-                          for red in ((e.get("config") or {}).get("reducers") or []))}
+                          for red in (e.config.get("reducers") or []))}
         for r in run.records():
             if r.get("kind", "attack") != "attack" or r.get("skipped"):
                 continue
@@ -315,9 +316,9 @@ def category_blocks(runs: Sequence[RunDir]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- metadata
 
 
-def _models(manifest: dict[str, Any]) -> list[dict[str, str]]:
+def _models(manifest: Manifest) -> list[dict[str, str]]:
     out = []
-    for name, m in (manifest.get("models") or {}).items():
+    for name, m in manifest.models.items():
         fp = m.get("fingerprint") or {}
         derived = m.get("derived") or {}
         out.append({"name": name, "fingerprint_id": str(m.get("fingerprint_id", "")),
@@ -332,37 +333,39 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
 
 
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 def run_metadata(run: RunDir) -> dict[str, Any]:
     m = run.manifest
-    recipe = m.get("recipe") or {}
-    git = m.get("git") or {}
-    hw = m.get("hardware") or {}
+    git, hw = m.git, m.hardware
     cpu = hw.get("cpu") or {}
     return {
-        "label": run.label, "path": str(run.path), "kind": run.kind, "status": str(m.get("status", "")),
-        "run_id": str(m.get("run_id", "")), "recipe": str(recipe.get("name", "")),
-        "recipe_hash": str(m.get("recipe_hash", "")), "seed": str(m.get("seed", "")), "limit": str(m.get("limit")),
-        "started": str(m.get("started", "")), "finished": str(m.get("finished", "")),
+        "label": run.label, "path": str(run.path), "kind": run.kind, "status": _text(m.status),
+        "run_id": _text(m.run_id), "recipe": str(m.recipe.get("name", "")),
+        "recipe_hash": _text(m.recipe_hash), "seed": _text(m.seed), "limit": str(m.limit),
+        "started": _text(m.started), "finished": _text(m.finished),
         "git": f"{git.get('commit') or 'unknown'}{' (dirty)' if git.get('dirty') else ''}",
-        "command": " ".join(map(str, m.get("command") or [])),
+        "command": " ".join(map(str, m.command)),
         "models": _models(m),
         "datasets": [{"label": k, "n": str(v.get("n", "")), "hash": str(v.get("hash", ""))}
-                     for k, v in (m.get("datasets") or {}).items()],
-        "attacks": [{"label": k, "type": str(v.get("type", "")), "hash": str(v.get("hash", "")),
-                     "config": _compact(v.get("config") or {})} for k, v in (m.get("attacks") or {}).items()],
+                     for k, v in m.datasets.items()],
+        "attacks": [{"label": k, "type": _text(v.type), "hash": _text(v.hash), "config": _compact(v.config)}
+                    for k, v in m.attacks.items()],
         "utility": [{"label": k, "type": str(v.get("type", "")), "hash": str(v.get("hash", "")), "n": str(v.get("n", "")),
-                     "dataset_hash": str(v.get("dataset_hash", ""))} for k, v in (m.get("utility") or {}).items()],
-        "judges": [{"name": k, "type": str(v.get("type", "")), "hash": str(v.get("hash", "")),
-                    "config": _compact(v.get("config") or {})} for k, v in (m.get("judges") or {}).items()],
+                     "dataset_hash": str(v.get("dataset_hash", ""))} for k, v in m.utility.items()],
+        "judges": [{"name": k, "type": _text(v.type), "hash": _text(v.hash), "config": _compact(v.config)}
+                   for k, v in m.judges.items()],
         "analyses": [{"label": k, "type": str(v.get("type", "")),
                       "dataset": f"{(v.get('dataset') or {}).get('label', '')} (n={(v.get('dataset') or {}).get('n', '')}, "
                                  f"hash {(v.get('dataset') or {}).get('hash', '')})",
-                      "files": ", ".join(v.get("files") or [])} for k, v in (m.get("analyses") or {}).items()],
-        "engines": [{"hash": k, "text": _compact(v)} for k, v in (m.get("engines") or {}).items()],
+                      "files": ", ".join(v.get("files") or [])} for k, v in m.analyses.items()],
+        "engines": [{"hash": k, "text": _compact(v)} for k, v in m.engines.items()],
         "hardware": f"{cpu.get('model', '?')} ({cpu.get('cores', '?')} cores; {', '.join(cpu.get('flags') or [])}); "
                     f"GPU: {hw.get('gpu') or 'none'}; device {hw.get('device', '?')}",
-        "packages": ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items() if v),
-        "counts": _compact(m.get("counts") or {}), "timings": _compact(m.get("timings") or {}),
+        "packages": ", ".join(f"{k} {v}" for k, v in m.packages.items() if v),
+        "counts": _compact(m.counts), "timings": _compact(m.timings),
     }
 
 

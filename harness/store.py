@@ -13,12 +13,8 @@ The caches live in ``<results root>/.cache/`` and are shared by every run and re
 - ``judgments.sqlite``: raw LLM-judge outputs (see ``judges.cache``).
 - ``artifacts.sqlite``: attack artefacts (optimised suffixes, …) keyed by their attack.
 
-Record schema (samples.jsonl, one per prompt × setting × sample):
-  sample_id, kind (attack|utility), model, model_fingerprint, dataset, dataset_hash,
-  example_id, category, cluster, attack, attack_hash, setting{}, setting_label, sample_index,
-  prompt, attack_info{} (what the attack did: prefill text/tokens, suffix, …), sampling{},
-  engine_hash, cache_key, completion, completion_tokens, finish_reason, skipped,
-  verdicts{judge: {label, score, raw, reason, judge_hash}}, metrics{} (utility records)
+The records of samples.jsonl and the manifest are typed and versioned in ``harness.runlog``
+(``SampleRecord``, ``Manifest``).
 """
 
 from __future__ import annotations
@@ -35,6 +31,7 @@ from typing import Any, Iterable, Sequence
 from harness.core import Sampling, canonical_json, content_hash
 from harness.engine.base import Completion
 from harness.errors import DataError, HarnessError
+from harness.runlog import Manifest, SampleRecord, parse_manifest
 
 SAMPLES = "samples.jsonl"
 MANIFEST = "manifest.json"
@@ -182,7 +179,7 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_samples(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
+def write_samples(run_dir: Path, records: Iterable[SampleRecord]) -> None:
     """samples.jsonl, written atomically."""
     path = Path(run_dir) / SAMPLES
     tmp = path.with_name(path.name + ".tmp")
@@ -197,7 +194,7 @@ def append_history(run_dir: Path, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
 
 
-def read_samples(run_dir: Path) -> list[dict[str, Any]]:
+def read_samples(run_dir: Path) -> list[SampleRecord]:
     """The records of a run's samples.jsonl. A line that is not a JSON record (an edited or
     damaged file) is reported with its line number and skipped; every other line is kept."""
     path = Path(run_dir) / SAMPLES
@@ -224,11 +221,14 @@ def read_samples(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
+def read_manifest(run_dir: Path) -> Manifest:
+    """A run's manifest.json; errors name the file (invalid JSON, a key of the wrong type, a
+    schema version this code does not read)."""
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path} does not exist; give a run folder, e.g. results/prefill")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    return parse_manifest(raw, str(path))

@@ -32,6 +32,7 @@ import pandas as pd
 
 from harness.core import ReducerConfig
 from harness.intervals import wilson
+from harness.runlog import SampleRecord
 from harness.turns import count_fabricated
 
 KEYS = ["model", "dataset", "attack", "setting", "reducer", "judge"]
@@ -82,7 +83,7 @@ def _cluster(r: dict[str, Any]) -> str:
     return r.get("cluster") or _example(r)
 
 
-def reduce_examples(records: Sequence[dict[str, Any]], judge: str, reducer: ReducerConfig) -> dict[str, dict[str, str]]:
+def reduce_examples(records: Sequence[SampleRecord], judge: str, reducer: ReducerConfig) -> dict[str, dict[str, str]]:
     """``any`` reduction per group: {group value: {example_id: harmful|safe|unscored}}.
     ``records`` are one model × dataset × attack; the group is ``setting[reducer.by]`` ("*"
     without ``by``)."""
@@ -101,7 +102,7 @@ def reduce_examples(records: Sequence[dict[str, Any]], judge: str, reducer: Redu
     return dict(out)
 
 
-def summarize(records: Iterable[dict[str, Any]], reducers: dict[str, Sequence[ReducerConfig]] | None = None) -> pd.DataFrame:
+def summarize(records: Iterable[SampleRecord], reducers: dict[str, Sequence[ReducerConfig]] | None = None) -> pd.DataFrame:
     """Sample rows per setting, then each attack's reducer rows (``reducers``: attack label -> list)."""
     records = [r for r in records if r.get("kind", "attack") == "attack"]
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -139,12 +140,12 @@ def summarize(records: Iterable[dict[str, Any]], reducers: dict[str, Sequence[Re
     return pd.DataFrame(out, columns=COLUMNS)
 
 
-def _recovery(recs: list[dict[str, Any]]) -> float:
+def _recovery(recs: list[SampleRecord]) -> float:
     flags = [r["recovered"] for r in recs if r.get("recovered") is not None]
     return sum(flags) / len(flags) if flags else float("nan")
 
 
-def _judge_hash(recs: list[dict[str, Any]], judge: str) -> str:
+def _judge_hash(recs: list[SampleRecord], judge: str) -> str:
     hashes = {((r.get("verdicts") or {}).get(judge) or {}).get("judge_hash", "") for r in recs if not r.get("skipped")}
     hashes.discard("")
     return hashes.pop() if len(hashes) == 1 else ("mixed" if hashes else "")

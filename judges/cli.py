@@ -127,7 +127,8 @@ def _describe(judge: Any) -> dict[str, Any]:
 def _cmd_judge(args: argparse.Namespace) -> int:
     from harness.core import ReducerConfig
     from harness.finalize import finalize
-    from harness.runner import judge_entry
+    from harness.provenance import judge_entry
+    from harness.runlog import JudgeEntry
     from harness.store import MANIFEST, RunLock, read_manifest, read_samples, write_json
     from harness.summary import print_tables
     from judges.llm import validate_judges
@@ -136,7 +137,7 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     with RunLock(run_dir):
         manifest = read_manifest(run_dir)
         records = read_samples(run_dir)
-        recipe_judges = (manifest.get("recipe") or {}).get("judges")
+        recipe_judges = manifest.recipe.get("judges")
         if args.judge:
             configs = load_judge_configs(args.judge)
         elif recipe_judges:
@@ -144,16 +145,16 @@ def _cmd_judge(args: argparse.Namespace) -> int:
         else:
             raise RecipeError(f"{run_dir / MANIFEST}: no recipe judges recorded; give --judge")
         judges = [(c, c.make()) for c in configs]
-        reducers = {label: [ReducerConfig.model_validate(r) for r in (a.get("config") or {}).get("reducers", [])]
-                    for label, a in (manifest.get("attacks") or {}).items()}
+        reducers = {label: [ReducerConfig.model_validate(r) for r in a.config.get("reducers", [])]
+                    for label, a in manifest.attacks.items()}
         cache = None if args.no_cache else (args.cache or default_cache_path(run_dir))
         summary = finalize(run_dir, records, judges, reducers, progress=not args.quiet, cache_path=cache)
         entries = {j.name: judge_entry(c, j) for c, j in judges}
-        manifest.setdefault("judges", {}).update(entries)
-        manifest.setdefault("judged", []).append({
+        manifest.judges = {**manifest.judges, **{k: JudgeEntry.model_validate(v) for k, v in entries.items()}}
+        manifest.judged = [*manifest.judged, {
             "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": sys.argv,
-            "judges": [c.model_dump(mode="json") for c in configs], "resolved": [_describe(j) for _, j in judges]})
-        write_json(run_dir / MANIFEST, manifest)
+            "judges": [c.model_dump(mode="json") for c in configs], "resolved": [_describe(j) for _, j in judges]}]
+        write_json(run_dir / MANIFEST, manifest.dump())
     print_tables(summary[summary["judge"].isin([j.name for _, j in judges])])
     from judges.agreement import AGREEMENT
 

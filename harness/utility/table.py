@@ -17,11 +17,12 @@ that run on into a made-up next turn (``harness.turns``); it should be 0.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import pandas as pd
 
 from harness.intervals import mean_interval, wilson
+from harness.runlog import SampleRecord
 from harness.turns import has_fabricated_turn
 
 UTILITY_CSV = "utility.csv"
@@ -44,7 +45,7 @@ def normal_ci(values: list[float]) -> tuple[float, float]:
     return max(0.0, low), min(1.0, high)
 
 
-def utility_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def utility_table(records: Iterable[SampleRecord]) -> pd.DataFrame:
     """Per model × setting × task × metric summary of utility records that have ``metrics``.
     ``setting`` is "default" for the model itself, or names a derived model (a fine-tuning round)."""
     cells: dict[tuple[str, str, str, str], list[float | None]] = {}
@@ -91,7 +92,7 @@ def scorecard(summary: pd.DataFrame, utility: pd.DataFrame, judge: str | None = 
     return out
 
 
-def write_tables(run_dir: Path, records: Iterable[dict[str, Any]], summary: pd.DataFrame,
+def write_tables(run_dir: Path, records: Iterable[SampleRecord], summary: pd.DataFrame,
                  judge: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write utility.csv (when there are utility records) and scorecard.csv into ``run_dir``."""
     utility = utility_table(records)
