@@ -93,7 +93,8 @@ Runner = Callable[[Any, list[Example], Models, Path, bool], list[str]]
 
 
 def _run_kl(a: KLAnalysis, examples: list[Example], models: Models, out: Path, progress: bool) -> list[str]:
-    from harness.analyze import encode_pairs, kl_by_position, pad_token_id, write_kl
+    from harness.analyze import encode_pairs, kl_by_position, pad_token_id
+    from harness.analyze_output import write_kl
 
     results = {}
     for name_a, name_b in a.pairs:
@@ -109,7 +110,8 @@ def _run_kl(a: KLAnalysis, examples: list[Example], models: Models, out: Path, p
 
 
 def _run_grad(a: GradAnalysis, examples: list[Example], models: Models, out: Path, progress: bool) -> list[str]:
-    from harness.analyze import encode_pairs, grad_by_position, pad_token_id, write_grad
+    from harness.analyze import encode_pairs, grad_by_position, pad_token_id
+    from harness.analyze_output import write_grad
 
     results = {}
     for name in a.models:
@@ -120,7 +122,8 @@ def _run_grad(a: GradAnalysis, examples: list[Example], models: Models, out: Pat
 
 
 def _run_refusal(a: RefusalAnalysis, examples: list[Example], models: Models, out: Path, progress: bool) -> list[str]:
-    from harness.analyze import refusal_by_depth, refusal_prefixes, write_refusal
+    from harness.analyze import refusal_by_depth, refusal_prefixes
+    from harness.analyze_output import write_refusal
 
     results = {}
     for name in a.models:

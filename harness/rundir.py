@@ -24,7 +24,7 @@ from harness.utility.table import UTILITY_COLUMNS, UTILITY_CSV
 
 __all__ = ["CELL_KEYS", "AnalysisTable", "RunDir", "load_run", "load_runs", "parse_setting_label", "run_labels"]
 
-# Columns of the tables a ``kind: analyze`` run writes (harness.analyze.write_*), by kind.
+# Columns of the tables a ``kind: analyze`` run writes (harness.analyze_output.write_*), by kind.
 ANALYSIS_COLUMNS: dict[str, tuple[str, ...]] = {
     "kl": ("a", "b", "position", "n", "mean", "ci95_low", "ci95_high"),
     "refusal": ("model", "depth", "n", "mean_logprob", "ci95_low", "ci95_high"),

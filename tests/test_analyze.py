@@ -394,7 +394,7 @@ def test_diagnostics_recipe_end_to_end_on_the_tiny_model(tiny_model, tiny_pert, 
 
 
 def test_written_outputs_have_the_documented_columns_and_parse_as_svg(models, examples, tmp_path):
-    from harness.analyze import write_grad, write_kl, write_refusal
+    from harness.analyze_output import write_grad, write_kl, write_refusal
 
     a, b, builder = models
     pairs = encode_pairs(examples[:2], builder, "response", 3)

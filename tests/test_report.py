@@ -80,7 +80,8 @@ def diagnostics_folder(path: Path) -> Path:
     """A ``kind: analyze`` folder with a KL-by-position table written by harness.analyze."""
     import torch
 
-    from harness.analyze import PositionStats, write_kl
+    from harness.analyze import PositionStats
+    from harness.analyze_output import write_kl
 
     path.mkdir(parents=True)
     stats = PositionStats(mean=torch.tensor([0.9, 0.5, 0.2, 0.1], dtype=torch.float64),
