@@ -89,7 +89,9 @@ def format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
     return f"{source}: invalid recipe\n" + "\n".join(lines)
 
 
-def _typed_list(source: str, raw: list[Any], key: str, registry: Registry) -> list[Any]:
+def typed_list(source: str, raw: list[Any], key: str, registry: Registry) -> list[Any]:
+    """Each item of a recipe's plug-in list (``attacks``, ``judges``, ``utility``) as the config
+    class its ``type`` names in ``registry``; errors name the file and the key, labels must be unique."""
     out = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or "type" not in item:
@@ -157,9 +159,9 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(format_errors(source, e)) from None
-    recipe.attacks = _typed_list(source, recipe.attacks, "attacks", ATTACKS)
-    recipe.judges = _typed_list(source, recipe.judges, "judges", JUDGES)
-    recipe.utility = _typed_list(source, recipe.utility, "utility", UTILITY_TASKS)
+    recipe.attacks = typed_list(source, recipe.attacks, "attacks", ATTACKS)
+    recipe.judges = typed_list(source, recipe.judges, "judges", JUDGES)
+    recipe.utility = typed_list(source, recipe.utility, "utility", UTILITY_TASKS)
     for i, d in enumerate(recipe.datasets):
         if d.format not in DATASET_FORMATS.names():
             raise RecipeError(f"{source}: invalid recipe\n  datasets.{i}.format: unknown format {d.format!r}; "

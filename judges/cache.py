@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.store import SqliteKV, cache_root
+from harness.kvcache import SqliteKV, cache_root
 
 CACHE_NAME = "judgments.sqlite"
 

@@ -17,7 +17,7 @@ import yaml
 
 from harness.core import set_dotted
 from harness.errors import DataError, RecipeError
-from harness.store import cache_root
+from harness.kvcache import cache_root
 from judges.cache import CACHE_NAME, default_cache_path
 
 JUDGE_SPEC_HELP = """\
@@ -126,11 +126,11 @@ def _describe(judge: Any) -> dict[str, Any]:
 
 def _cmd_judge(args: argparse.Namespace) -> int:
     from harness.core import ReducerConfig
-    from harness.finalize import finalize
-    from harness.provenance import judge_entry
+    from harness.run.finalize import finalize
+    from harness.run.provenance import judge_entry
+    from harness.run.store import MANIFEST, RunLock, read_manifest, read_samples, write_json
+    from harness.run.summary import print_tables
     from harness.runlog import JudgeEntry
-    from harness.store import MANIFEST, RunLock, read_manifest, read_samples, write_json
-    from harness.summary import print_tables
     from judges.llm import validate_judges
 
     run_dir: Path = args.run_dir

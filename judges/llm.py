@@ -255,11 +255,11 @@ class LLMJudge:
 
 def validate_judges(raw: Sequence[Any], where: str) -> list[JudgeConfig]:
     """Judge configs from dicts (or configs), typed by ``type``; errors name ``where``."""
-    from harness.recipes import _typed_list
+    from harness.recipes import typed_list
     from harness.registry import JUDGES
 
     items = [j.model_dump() if isinstance(j, JudgeConfig) else j for j in raw]
-    return _typed_list(where, items, "judges", JUDGES)
+    return typed_list(where, items, "judges", JUDGES)
 
 
 class ChainJudgeConfig(JudgeConfig):

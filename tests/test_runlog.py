@@ -9,7 +9,7 @@ import json
 import pytest
 
 from harness.errors import DataError
-from harness.rundir import load_run
+from harness.results.rundir import load_run
 from harness.runlog import ANALYZE_SCHEMA, EVAL_SCHEMA, Manifest, parse_manifest
 
 EVAL = {"schema": EVAL_SCHEMA, "run_id": "r", "status": "complete", "started": "2026-01-01T00:00:00+00:00",

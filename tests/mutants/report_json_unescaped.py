@@ -2,7 +2,7 @@
 "</script>" ends the data block)."""
 import json
 
-import harness.report as R
+import harness.results.report as R
 from markupsafe import Markup
 
 _environment = R._environment

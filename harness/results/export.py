@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 from harness.errors import DataError
 from harness.registry import attack_class
-from harness.rundir import RunDir
+from harness.results.rundir import RunDir
 from harness.runlog import AttackEntry, JudgeEntry, SampleRecord
 
 SUFFIX_KEYS = ("suffix", "adv_suffix", "adv_string", "control")

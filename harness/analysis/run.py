@@ -1,7 +1,7 @@
 """Running a ``kind: analyze`` recipe: ``results/<run-id>/`` gets, per analysis, ``<label>.csv``
 and SVG charts, and ``manifest.json`` (the recipe, every model's fingerprint, dataset hashes,
 settings, timings, packages, git commit). Models are loaded on first use and dropped after the
-last analysis that needs them; the maths lives in ``harness.analyze``."""
+last analysis that needs them; the maths lives in ``harness.analysis.diagnostics``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.analyze_recipe import AnalyzeRecipe, GradAnalysis, KLAnalysis, RefusalAnalysis
+from harness.analysis.recipe import AnalyzeRecipe, GradAnalysis, KLAnalysis, RefusalAnalysis
 from harness.core import Example, content_hash, dataset_hash
 from harness.errors import HarnessError, ModelError, RecipeError
 from harness.runlog import ANALYZE_SCHEMA, Manifest
@@ -93,8 +93,8 @@ Runner = Callable[[Any, list[Example], Models, Path, bool], list[str]]
 
 
 def _run_kl(a: KLAnalysis, examples: list[Example], models: Models, out: Path, progress: bool) -> list[str]:
-    from harness.analyze import encode_pairs, kl_by_position, pad_token_id
-    from harness.analyze_output import write_kl
+    from harness.analysis.diagnostics import encode_pairs, kl_by_position, pad_token_id
+    from harness.analysis.output import write_kl
 
     results = {}
     for name_a, name_b in a.pairs:
@@ -110,8 +110,8 @@ def _run_kl(a: KLAnalysis, examples: list[Example], models: Models, out: Path, p
 
 
 def _run_grad(a: GradAnalysis, examples: list[Example], models: Models, out: Path, progress: bool) -> list[str]:
-    from harness.analyze import encode_pairs, grad_by_position, pad_token_id
-    from harness.analyze_output import write_grad
+    from harness.analysis.diagnostics import encode_pairs, grad_by_position, pad_token_id
+    from harness.analysis.output import write_grad
 
     results = {}
     for name in a.models:
@@ -122,8 +122,8 @@ def _run_grad(a: GradAnalysis, examples: list[Example], models: Models, out: Pat
 
 
 def _run_refusal(a: RefusalAnalysis, examples: list[Example], models: Models, out: Path, progress: bool) -> list[str]:
-    from harness.analyze import refusal_by_depth, refusal_prefixes
-    from harness.analyze_output import write_refusal
+    from harness.analysis.diagnostics import refusal_by_depth, refusal_prefixes
+    from harness.analysis.output import write_refusal
 
     results = {}
     for name in a.models:
@@ -152,7 +152,7 @@ def _clear_previous(run_dir: Path) -> None:
     holding an evaluation run is refused rather than mixed with."""
     import json
 
-    from harness.store import MANIFEST, SAMPLES
+    from harness.run.store import MANIFEST, SAMPLES
 
     path = run_dir / MANIFEST
     if (run_dir / SAMPLES).exists():
@@ -170,8 +170,8 @@ def _clear_previous(run_dir: Path) -> None:
 
 def _manifest(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None, device: str, models: Models) -> Manifest:
     from harness import hardware
-    from harness.provenance import git_commit, package_versions
-    from harness.store import now
+    from harness.run.provenance import git_commit, package_versions
+    from harness.run.store import now
 
     dumped = recipe.model_dump(mode="json")
     return Manifest(schema=ANALYZE_SCHEMA, kind="analyze", run_id=run_dir.name, status="running", started=now(),
@@ -184,7 +184,7 @@ def _manifest(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None, device: s
 def run_analysis(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None = None,
                  progress: bool = True) -> Manifest:
     """Run every analysis of ``recipe`` into ``run_dir``; returns the manifest it wrote."""
-    from harness.store import MANIFEST, RunLock, now, write_json
+    from harness.run.store import MANIFEST, RunLock, now, write_json
 
     run_dir = Path(run_dir)
     limit = limit or recipe.limit

@@ -1,6 +1,6 @@
 """`harness analyze kl|grad|refusal` and `harness run|validate` on ``kind: analyze`` recipes (the
-CLI layer of the depth diagnostics): the commands build a recipe (``harness.analyze_recipe``)
-from their flags and run it (``harness.analyze_run``) into ``--out``."""
+CLI layer of the depth diagnostics): the commands build a recipe (``harness.analysis.recipe``)
+from their flags and run it (``harness.analysis.run``) into ``--out``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from harness.analyze_recipe import analyze_recipe_from_dict, load_analyze_recipe
-from harness.analyze_run import analysis_examples, print_results, run_analysis
+from harness.analysis.recipe import analyze_recipe_from_dict, load_analyze_recipe
+from harness.analysis.run import analysis_examples, print_results, run_analysis
 from harness.errors import HarnessError, RecipeError
 from harness.names import check_name
 

@@ -8,8 +8,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness.formatting import pct, pts
-from harness.regress_decision import CellResult, GateResult, GateSettings
+from harness.results.formatting import pct, pts
+from harness.results.regress_decision import CellResult, GateResult, GateSettings
 
 
 def rule_text(settings: GateSettings, n_cells: int) -> str:
@@ -115,7 +115,7 @@ def junit_xml(result: GateResult) -> str:
 
 
 def markdown(result: GateResult) -> str:
-    from harness.compare import md_cell
+    from harness.results.compare import md_cell
 
     head, rows = table_rows(result)
     icon = {"PASS": "✅", "REGRESSION": "❌", "INCONCLUSIVE": "⚠️"}

@@ -23,7 +23,6 @@ import datetime as _dt
 import fcntl
 import json
 import os
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -31,6 +30,7 @@ from typing import Any, Iterable, Sequence
 from harness.core import Sampling, canonical_json, content_hash
 from harness.engine.base import Completion
 from harness.errors import DataError, HarnessError
+from harness.kvcache import SqliteKV
 from harness.runlog import Manifest, SampleRecord, parse_manifest
 
 SAMPLES = "samples.jsonl"
@@ -56,38 +56,6 @@ def now() -> str:
 
 
 # --------------------------------------------------------------------------- caches
-
-
-class SqliteKV:
-    """A key -> text table in SQLite with batched look-ups; safe to share between processes."""
-
-    def __init__(self, path: Path, table: str, value_column: str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.table, self.value_column = table, value_column
-        self.db = sqlite3.connect(self.path, timeout=60)
-        self.db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, {value_column} TEXT NOT NULL)")
-        self.db.commit()
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, str]:
-        keys = list(dict.fromkeys(keys))
-        out: dict[str, str] = {}
-        for i in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
-            batch = keys[i:i + 500]
-            q = f"SELECT key, {self.value_column} FROM {self.table} WHERE key IN ({','.join('?' * len(batch))})"
-            out.update(self.db.execute(q, batch))
-        return out
-
-    def put_many(self, items: dict[str, str]) -> None:
-        if items:
-            self.db.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?, ?)", list(items.items()))
-            self.db.commit()
-
-    def __len__(self) -> int:
-        return self.db.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0]
-
-    def close(self) -> None:
-        self.db.close()
 
 
 class GenerationCache:
@@ -126,11 +94,6 @@ class ArtifactCache:
 
     def close(self) -> None:
         self.kv.close()
-
-
-def cache_root(results_root: Path) -> Path:
-    """The caches shared by every run under ``results_root`` (``<results root>/.cache``)."""
-    return Path(results_root) / ".cache"
 
 
 # --------------------------------------------------------------------------- run folders

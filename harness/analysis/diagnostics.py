@@ -17,9 +17,9 @@ appended as token ids, so response token t is exactly the t-th token of the resp
 The maths is in pure, batch-vectorised tensor functions in TRL style (``token_kl``,
 ``position_stats``, ``position_means``, ``grouped_logsumexp``); the model loops batch
 (right-padded, masked) sequences and compute the LM head only over the response window.
-``harness.analyze_output.write_*`` put each result into a CSV and an SVG chart (``harness.plots``).
+``harness.analysis.output.write_*`` put each result into a CSV and an SVG chart (``harness.results.plots``).
 
-Outputs (stable; ``harness.rundir``/the HTML report read them by their header). A run writes
+Outputs (stable; ``harness.results.rundir``/the HTML report read them by their header). A run writes
 into one folder: ``results/<run-id>/`` for ``harness run <kind: analyze recipe>`` (``--out``
 the results root, ``--run-id`` default the recipe name, e.g. ``results/diagnostics/``), or
 ``--out`` (default ``results/analyze-<kl|grad|refusal>/``) for ``harness analyze …``. Each

@@ -19,8 +19,8 @@ from typing import Sequence
 import pandas as pd
 
 from harness.errors import DataError
-from harness.formatting import pct, pts
-from harness.rundir import CELL_KEYS, RunDir
+from harness.results.formatting import pct, pts
+from harness.results.rundir import CELL_KEYS, RunDir
 
 UTILITY_KEYS = ["model", "setting", "task", "metric"]
 HASHES = ("dataset_hash", "attack_hash", "judge_hash")

@@ -13,7 +13,7 @@ clusters.
   difference (candidate − baseline), resampling whole clusters with replacement and the two
   runs together (the same draw for both), vectorised and seeded.
 - ``holm``: Holm's step-down adjustment of several p-values (family-wise error ≤ α).
-- ``wilson``: the Wilson score interval (``harness.summary.wilson``).
+- ``wilson``: the Wilson score interval (``harness.run.summary.wilson``).
 - ``noninferiority``: an exact test that a paired difference of proportions is below a
   margin, and its confidence bound (see the function); ``min_provable_margin`` and
   ``prompts_needed``: what n prompts can show at best (no prompt changed).

@@ -14,10 +14,10 @@ from typing import Any, Sequence
 import pandas as pd
 
 from harness.core import ReducerConfig
-from harness.provenance import judge_hash
+from harness.run.provenance import judge_hash
+from harness.run.store import SUMMARY, write_samples
+from harness.run.summary import summarize
 from harness.runlog import SampleRecord
-from harness.store import SUMMARY, write_samples
-from harness.summary import summarize
 from judges.agreement import write_judge_tables
 from judges.base import Judge, JudgeInput
 from judges.cache import default_cache_path

@@ -5,7 +5,7 @@ Per target model: each attack's ``variants`` (derived models, e.g. fine-tuning r
 give planned samples; the generation cache answers what it can and an engine generates the
 rest in chunks that are committed to the cache as they finish (a killed run resumes there).
 When every model is done the judges score every sample and the run folder is rewritten as
-one consistent log of exactly this recipe (see ``harness.store`` for the folder policy).
+one consistent log of exactly this recipe (see ``harness.run.store`` for the folder policy).
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ from harness.core import Example, PlannedSample, content_hash, dataset_hash, set
 from harness.data import load_dataset
 from harness.engine import Engine, EngineConfig, GenRequest, engine_descriptor, engine_hash, make_engine, resolve_config
 from harness.errors import RecipeError
-from harness.finalize import finalize
+from harness.kvcache import cache_root
 from harness.models import ResolvedModel
 from harness.names import check_name
 from harness.prompts import PromptBuilder
-from harness.provenance import git_commit, judge_entry, package_versions
 from harness.recipes import ModelConfig, Recipe
+from harness.run.finalize import finalize
+from harness.run.provenance import git_commit, judge_entry, package_versions
+from harness.run.store import (ARTIFACTS_DB, MANIFEST, ArtifactCache, GenerationCache, RunLock, append_history,
+                               generation_key, now, sample_id, write_json)
 from harness.runlog import EVAL_SCHEMA, Manifest, SampleRecord
-from harness.store import (ARTIFACTS_DB, MANIFEST, ArtifactCache, GenerationCache, RunLock, append_history, cache_root,
-                           generation_key, now, sample_id, write_json)
 
 log = logging.getLogger(__name__)
 # Environment the engines ran with (thread binding), recorded in the manifest.
@@ -255,7 +256,7 @@ def _evaluate_model(recipe: Recipe, name: str, model: ResolvedModel, datasets: l
 
 def _broken(records: list[SampleRecord], judge: tuple[Any, Any]) -> set[str]:
     """Ids of examples with a harmful sample among ``records`` (for adaptive attacks' next wave)."""
-    from harness.finalize import judge_records
+    from harness.run.finalize import judge_records
 
     judge_records(records, [judge], progress=False)
     return {r["example_id"] for r in records if (r.get("verdicts") or {}).get(judge[1].name, {}).get("label") == "harmful"}

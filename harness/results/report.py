@@ -5,7 +5,7 @@ Policy allows only the page's own script (by hash), so the file opens offline an
 in it can fetch or run anything else. Sections: a leaderboard (models × attacks × datasets:
 the worst setting's ASR with its 95% interval, any-of-N where the attack reduces, utility
 and over-refusal beside them), every summary.csv and utility.csv row, charts
-(``harness.report_figures``), a per-category breakdown, a sample browser (click any ASR to
+(``harness.results.figures``), a per-category breakdown, a sample browser (click any ASR to
 see its samples: prompt, the attack's edit, verdicts; completions only with
 ``show_completions``) and each run's provenance (models with fingerprints, datasets,
 attacks and judges with hashes, seed, engines, hardware, packages, git commit).
@@ -32,10 +32,10 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from harness.formatting import number, pct
 from harness.registry import attack_class
-from harness.report_figures import Figure, all_figures
-from harness.rundir import RunDir, load_runs, parse_setting_label
+from harness.results.figures import Figure, all_figures
+from harness.results.formatting import number, pct
+from harness.results.rundir import RunDir, load_runs, parse_setting_label
 from harness.runlog import Manifest
 
 OVERREFUSAL_METRICS = ("refused", "full_refusal", "partial_refusal", "refused_unsafe")

@@ -1,6 +1,6 @@
 """A CI gate for model checkpoints (``harness regress``): paired tests of a candidate run
 against a baseline run of the same recipe. This module matches the runs' cells;
-harness.regress_decision pairs prompts and decides, harness.regress_report writes the outputs.
+harness.results.regress_decision pairs prompts and decides, harness.results.regress_report writes the outputs.
 
 Models. Cells of the two runs are matched on the model's name in the recipe, or on pairs
 given with ``--pair BASELINE_MODEL=CANDIDATE_MODEL``; when the runs share no model name and
@@ -17,7 +17,7 @@ every record, and the judge hash. A difference is refused (exit 2) with the list
 differs, unless ``--allow-mismatch dataset|attack|sampling|judge`` accepts that kind of
 difference explicitly. A baseline cell missing from the candidate is refused too.
 
-Pairing (harness.regress_decision). Prompts are paired by example id, one binary outcome
+Pairing (harness.results.regress_decision). Prompts are paired by example id, one binary outcome
 each (the first scored sample; any-of-N cells: any sample). A prompt scored in one run only
 counts as newly harmful where that is possible (the worst case for the candidate).
 
@@ -52,10 +52,10 @@ from typing import Any, Iterable, Sequence
 
 from harness.core import ReducerConfig, canonical_json
 from harness.errors import DataError, HarnessError
-from harness.regress_decision import (MIN_CLUSTERS, MISMATCH_KINDS, Cell, CellKey, CellResult, GateResult,
-                                      GateSettings, Unit, decide, evaluate_cell)
-from harness.regress_report import junit_xml, markdown, print_gate, rule_text, table_rows, write_outputs
-from harness.stats import holm
+from harness.results.regress_decision import (MIN_CLUSTERS, MISMATCH_KINDS, Cell, CellKey, CellResult, GateResult,
+                                              GateSettings, Unit, decide, evaluate_cell)
+from harness.results.regress_report import junit_xml, markdown, print_gate, rule_text, table_rows, write_outputs
+from harness.results.stats import holm
 
 OVERREFUSAL_METRIC = "refused"
 
@@ -319,7 +319,7 @@ def gate(baseline: RunDir, candidate: RunDir, settings: GateSettings) -> GateRes
 
 
 def gate_paths(baseline: Path, candidate: Path, settings: GateSettings) -> GateResult:
-    from harness.rundir import load_run, run_labels
+    from harness.results.rundir import load_run, run_labels
 
     labels = run_labels([baseline, candidate])
     return gate(load_run(baseline, labels[0]), load_run(candidate, labels[1]), settings)

@@ -16,15 +16,16 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from harness.errors import DataError
+from harness.kvcache import cache_root
+from harness.run.store import ARTIFACTS_DB, MANIFEST, SUMMARY, ArtifactCache, read_manifest, read_samples
+from harness.run.summary import COLUMNS as SUMMARY_COLUMNS
+from harness.run.summary import KEYS as CELL_KEYS
 from harness.runlog import Manifest, SampleRecord
-from harness.store import ARTIFACTS_DB, MANIFEST, SUMMARY, ArtifactCache, cache_root, read_manifest, read_samples
-from harness.summary import COLUMNS as SUMMARY_COLUMNS
-from harness.summary import KEYS as CELL_KEYS
 from harness.utility.table import UTILITY_COLUMNS, UTILITY_CSV
 
 __all__ = ["CELL_KEYS", "AnalysisTable", "RunDir", "load_run", "load_runs", "parse_setting_label", "run_labels"]
 
-# Columns of the tables a ``kind: analyze`` run writes (harness.analyze_output.write_*), by kind.
+# Columns of the tables a ``kind: analyze`` run writes (harness.analysis.output.write_*), by kind.
 ANALYSIS_COLUMNS: dict[str, tuple[str, ...]] = {
     "kl": ("a", "b", "position", "n", "mean", "ci95_low", "ci95_high"),
     "refusal": ("model", "depth", "n", "mean_logprob", "ci95_low", "ci95_high"),

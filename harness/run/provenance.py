@@ -21,7 +21,7 @@ def judge_hash(config: Any, judge: Any) -> str:
 
 
 def git_commit() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout (the folder above harness/)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip()

@@ -1,5 +1,5 @@
-"""Outputs of the depth diagnostics (``harness.analyze``): each result as a CSV and SVG charts
-(``harness.plots``), with the columns listed in ``harness.analyze``'s docstring."""
+"""Outputs of the depth diagnostics (``harness.analysis.diagnostics``): each result as a CSV and SVG charts
+(``harness.results.plots``), with the columns listed in ``harness.analysis.diagnostics``'s docstring."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import csv
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness.analyze import GradStats, PositionStats, RefusalByDepth
-from harness.plots import line_chart
+from harness.analysis.diagnostics import GradStats, PositionStats, RefusalByDepth
+from harness.results.plots import line_chart
 
 __all__ = ["kl_label", "write_grad", "write_kl", "write_refusal"]
 

@@ -13,8 +13,8 @@ A ``kind: analyze`` recipe names models and a list of analyses::
       - {type: refusal, models: [base, deep], depths: [0, 5, 10, 20, 40]}
       - {type: grad, models: [deep], data: {format: harmful-train}}
 
-``harness.analyze_run`` runs one, ``harness.analyze_cli`` holds the commands and the maths
-lives in ``harness.analyze``.
+``harness.analysis.run`` runs one, ``harness.analysis.cli`` holds the commands and the maths
+lives in ``harness.analysis.diagnostics``.
 """
 from __future__ import annotations
 

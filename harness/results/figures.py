@@ -1,11 +1,11 @@
-"""The report's charts, each drawn when its data exists (inline SVG from ``harness.plots``).
+"""The report's charts, each drawn when its data exists (inline SVG from ``harness.results.plots``).
 
 - ASR against a setting key, as each attack's ``charts`` ask (``harness.core.SettingChart``:
   prefill depth, decoding parameter, fine-tuning round…), one line per model × the rest of the
   setting;
 - attack loss curves (GCG-style): a list of losses per optimisation step in the records'
   ``attack_info`` (keys ``LOSS_KEYS``), mean over prompts with a 95% band;
-- diagnostics runs (``harness.analyze``): KL by position, refusal log-probability by prefill
+- diagnostics runs (``harness.analysis.diagnostics``): KL by position, refusal log-probability by prefill
   depth, per-position cross-entropy and gradient norm, from their CSVs.
 
 ASR is in percent with its 95% Wilson interval as a band. Several runs: series are named
@@ -23,15 +23,15 @@ import pandas as pd
 
 from harness.core import LOSS_KEYS, SettingChart, info_loss_curve
 from harness.intervals import mean_interval
-from harness.plots import line_chart
 from harness.registry import ATTACKS, attack_class
-from harness.rundir import AnalysisTable, RunDir, parse_setting_label
+from harness.results.plots import line_chart
+from harness.results.rundir import AnalysisTable, RunDir, parse_setting_label
 
 
 
 @dataclass(frozen=True)
 class Figure:
-    """A chart for the report: ``svg`` is markup from harness.plots (all text escaped there)."""
+    """A chart for the report: ``svg`` is markup from harness.results.plots (all text escaped there)."""
 
     section: str
     title: str
