@@ -66,6 +66,12 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Forget a plug-in registered at run time (``register``); a table entry stays."""
+        if name in self._table:
+            raise ValueError(f"{self.kind} {name!r} is a table entry; only run-time registrations can be removed")
+        self._loaded.pop(name, None)
+
     def get(self, name: str) -> T:
         if name in self._loaded:
             return self._loaded[name]
