@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as _dt
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,47 +112,16 @@ def load_judge_configs(specs: list[str]) -> list[Any]:
     return configs
 
 
-def _describe(judge: Any) -> dict[str, Any]:
-    if hasattr(judge, "describe"):
-        return judge.describe()
-    if hasattr(judge, "members"):
-        return {"name": judge.name, "chain": [_describe(m) for m in judge.members]}
-    return {"name": judge.name}
-
-
 # ---------------------------------------------------------------- harness judge
 
 def _cmd_judge(args: argparse.Namespace) -> int:
-    from harness.core import ReducerConfig
-    from harness.run.finalize import finalize
-    from harness.run.provenance import judge_entry
-    from harness.run.store import MANIFEST, RunLock, read_manifest, read_samples, write_json
+    from harness.run.rejudge import rejudge
     from harness.run.summary import print_tables
-    from harness.runlog import JudgeEntry
-    from judges.llm import validate_judges
 
     run_dir: Path = args.run_dir
-    with RunLock(run_dir):
-        manifest = read_manifest(run_dir)
-        records = read_samples(run_dir)
-        recipe_judges = manifest.recipe.get("judges")
-        if args.judge:
-            configs = load_judge_configs(args.judge)
-        elif recipe_judges:
-            configs = validate_judges(recipe_judges, f"{run_dir / MANIFEST} recipe.judges")
-        else:
-            raise RecipeError(f"{run_dir / MANIFEST}: no recipe judges recorded; give --judge")
-        judges = [(c, c.make()) for c in configs]
-        reducers = {label: [ReducerConfig.model_validate(r) for r in a.config.get("reducers", [])]
-                    for label, a in manifest.attacks.items()}
-        cache = None if args.no_cache else (args.cache or default_cache_path(run_dir))
-        summary = finalize(run_dir, records, judges, reducers, progress=not args.quiet, cache_path=cache)
-        entries = {j.name: judge_entry(c, j) for c, j in judges}
-        manifest.judges = {**manifest.judges, **{k: JudgeEntry.model_validate(v) for k, v in entries.items()}}
-        manifest.judged = [*manifest.judged, {
-            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": sys.argv,
-            "judges": [c.model_dump(mode="json") for c in configs], "resolved": [_describe(j) for _, j in judges]}]
-        write_json(run_dir / MANIFEST, manifest.dump())
+    configs = load_judge_configs(args.judge) if args.judge else None
+    cache = None if args.no_cache else (args.cache or default_cache_path(run_dir))
+    summary, records, judges = rejudge(run_dir, configs, cache, progress=not args.quiet)
     print_tables(summary[summary["judge"].isin([j.name for _, j in judges])])
     from judges.agreement import AGREEMENT
 
