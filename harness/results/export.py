@@ -66,7 +66,7 @@ def _judge(run: RunDir, judge: str | None) -> str:
     return judge
 
 
-def _label(r: dict[str, Any], judge: str) -> str:
+def _label(r: SampleRecord, judge: str) -> str:
     return str(((r.get("verdicts") or {}).get(judge) or {}).get("label") or "unscored")
 
 

@@ -56,6 +56,7 @@ from harness.results.regress_decision import (MIN_CLUSTERS, MISMATCH_KINDS, Cell
                                               GateSettings, Unit, decide, evaluate_cell)
 from harness.results.regress_report import junit_xml, markdown, print_gate, rule_text, table_rows, write_outputs
 from harness.results.stats import holm
+from harness.runlog import SampleRecord
 
 OVERREFUSAL_METRIC = "refused"
 
@@ -67,17 +68,17 @@ class ConfigMismatch(HarnessError):
 # --------------------------------------------------------------------------- cells from records
 
 
-def _label(r: dict[str, Any], judge: str) -> str | None:
+def _label(r: SampleRecord, judge: str) -> str | None:
     """harmful | safe | unscored, or None for a record without this judge's verdict."""
     verdict = (r.get("verdicts") or {}).get(judge)
     return verdict.get("label") if isinstance(verdict, dict) else None
 
 
-def _example(r: dict[str, Any]) -> str:
+def _example(r: SampleRecord) -> str:
     return str(r.get("example_id") or r.get("sample_id"))
 
 
-def _note_config(cell: Cell, r: dict[str, Any], judge: str | None) -> None:
+def _note_config(cell: Cell, r: SampleRecord, judge: str | None) -> None:
     cell.seen.add(_example(r))
     cell.config["dataset"].add(str(r.get("dataset_hash", "")))
     cell.config["attack"].add(str(r.get("attack_hash", "")))
@@ -88,7 +89,7 @@ def _note_config(cell: Cell, r: dict[str, Any], judge: str | None) -> None:
         cell.config["judge"].add(str(((r.get("verdicts") or {}).get(judge) or {}).get("judge_hash", "")))
 
 
-def _add(cell: Cell, r: dict[str, Any], value: float | None) -> None:
+def _add(cell: Cell, r: SampleRecord, value: float | None) -> None:
     example = _example(r)
     unit = cell.units.setdefault(example, Unit(str(r.get("cluster") or example)))
     if value is not None:

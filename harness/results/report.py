@@ -36,7 +36,7 @@ from harness.registry import attack_class
 from harness.results.figures import Figure, all_figures
 from harness.results.formatting import number, pct
 from harness.results.rundir import RunDir, load_runs, parse_setting_label
-from harness.runlog import Manifest
+from harness.runlog import Manifest, SampleRecord
 
 OVERREFUSAL_METRICS = ("refused", "full_refusal", "partial_refusal", "refused_unsafe")
 
@@ -81,7 +81,7 @@ class SampleIndex:
             self.cells.append(info)
         return self.ids[key]
 
-    def example(self, r: dict[str, Any]) -> int:
+    def example(self, r: SampleRecord) -> int:
         key = (str(r.get("dataset")), str(r.get("example_id")), str(r.get("prompt")))
         if key not in self.example_ids:
             self.example_ids[key] = len(self.examples)
@@ -94,7 +94,7 @@ class SampleIndex:
                 "truncated": {str(k): v for k, v in self.truncated.items()}}
 
 
-def _verdicts(r: dict[str, Any]) -> dict[str, list[str]]:
+def _verdicts(r: SampleRecord) -> dict[str, list[str]]:
     out = {}
     for judge, v in (r.get("verdicts") or {}).items():
         if isinstance(v, dict):
@@ -102,7 +102,7 @@ def _verdicts(r: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-def edit_text(run: RunDir, r: dict[str, Any]) -> str:
+def edit_text(run: RunDir, r: SampleRecord) -> str:
     """What the record's attack did to its sample, in the attack's words (``describe_edit``)."""
     return attack_class(run.attack_type(str(r.get("attack", "")))).describe_edit(r.get("attack_info") or {})
 

@@ -75,11 +75,11 @@ def _cell(labels: list[tuple[str, str, str]], skipped: int) -> dict[str, Any]:
                 design_effect=deff, n_effective=n_eff, ci_low_clustered=clo, ci_high_clustered=chi)
 
 
-def _example(r: dict[str, Any]) -> str:
+def _example(r: SampleRecord) -> str:
     return str(r.get("example_id") or r.get("sample_id") or id(r))
 
 
-def _cluster(r: dict[str, Any]) -> str:
+def _cluster(r: SampleRecord) -> str:
     return r.get("cluster") or _example(r)
 
 
@@ -151,7 +151,7 @@ def _judge_hash(recs: list[SampleRecord], judge: str) -> str:
     return hashes.pop() if len(hashes) == 1 else ("mixed" if hashes else "")
 
 
-def _reducer_rows(red: ReducerConfig, recs: list[dict[str, Any]], sample_rows: list[dict[str, Any]], judge: str,
+def _reducer_rows(red: ReducerConfig, recs: list[SampleRecord], sample_rows: list[dict[str, Any]], judge: str,
                   hashes: dict[str, str], by_setting: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     base = dict(model=recs[0]["model"], dataset=recs[0]["dataset"], attack=recs[0]["attack"], reducer=red.type,
                 judge=judge, **hashes, judge_hash=_judge_hash(recs, judge))
