@@ -19,7 +19,7 @@ LAYERS = [
     ("core", ("harness", "harness.errors", "harness.core", "harness.names", "harness.registry", "harness.runlog",
               "harness.intervals", "harness.kvcache", "harness.hardware")),
     ("inputs", ("harness.data", "harness.models", "harness.prompts", "harness.turns", "harness.engine",
-                "harness.synth", "harness.recipes")),
+                "harness.synth", "harness.recipes", "harness.attack_api")),
     ("plug-ins", ("attacks", "judges", "harness.utility", "harness.training")),
     ("run", ("harness.run",)),
     ("results", ("harness.results",)),

@@ -21,8 +21,8 @@ from typing import Any, Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
-from attacks.base import Target
 from harness import hardware
+from harness.attack_api import Target
 from harness.core import Example, PlannedSample, content_hash, dataset_hash, setting_label
 from harness.data import load_dataset
 from harness.engine import Engine, EngineConfig, GenRequest, engine_descriptor, engine_hash, make_engine, resolve_config
@@ -109,7 +109,7 @@ def default_resolver(m: ModelConfig) -> ResolvedModel:
 
 
 class RunContext:
-    """What attacks' ``variants`` and ``prepare`` hooks get (``attacks.base.AttackContext``)."""
+    """What attacks' ``variants`` and ``prepare`` hooks get (``harness.attack_api.AttackContext``)."""
 
     def __init__(self, artifacts: ArtifactCache, seed: int, progress: bool, work_dir: Path, pool: EnginePool,
                  results_root: Path) -> None:
