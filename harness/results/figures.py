@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import pandas as pd
 
-from harness.core import LOSS_KEYS, SettingChart, info_loss_curve
+from harness.core import LOSS_KEYS, AttackConfig, SettingChart, info_loss_curve
 from harness.intervals import mean_interval
 from harness.registry import ATTACKS, attack_class
 from harness.results.plots import line_chart
@@ -48,11 +48,11 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _asr_rows(run: RunDir, attack_type: str) -> pd.DataFrame:
+def _asr_rows(run: RunDir, attack_types: Collection[str]) -> pd.DataFrame:
     s = run.summary
     if s is None or s.empty:
         return pd.DataFrame()
-    keep = [run.attack_type(a) == attack_type for a in s["attack"]]
+    keep = [run.attack_type(a) in attack_types for a in s["attack"]]
     return s[(s["reducer"] == "sample") & pd.Series(keep, index=s.index)]
 
 
@@ -81,13 +81,13 @@ def _x(value: Any, chart: SettingChart) -> float | int | None:
     return float(value) if chart.as_float else value
 
 
-def chart_figures(runs: Sequence[RunDir], attack_type: str, chart: SettingChart) -> list[Figure]:
-    """The figures of one ``SettingChart`` of ``attack_type`` (see ``harness.core.SettingChart``)."""
+def chart_figures(runs: Sequence[RunDir], attack_types: Collection[str], chart: SettingChart) -> list[Figure]:
+    """The figures of one ``SettingChart`` from the rows of ``attack_types`` (see ``harness.core.SettingChart``)."""
     groups: dict[tuple[str, str, str, str], tuple[dict, dict]] = {}
     notes: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     several = len(runs) > 1
     for run in runs:
-        for _, row in _asr_rows(run, attack_type).iterrows():
+        for _, row in _asr_rows(run, attack_types).iterrows():
             setting = parse_setting_label(row["setting"])
             split = setting.get(chart.split) if chart.split else ""
             rest = ", ".join(f"{k}={v}" for k, v in setting.items() if k not in (chart.x, chart.split))
@@ -111,13 +111,19 @@ def chart_figures(runs: Sequence[RunDir], attack_type: str, chart: SettingChart)
 
 
 def setting_figures(runs: Sequence[RunDir]) -> list[Figure]:
-    """Every chart the runs' attacks ask for (``AttackConfig.charts``), attacks in registry order."""
+    """Every chart the runs' attacks ask for (``AttackConfig.charts``): each attack's own charts,
+    attacks in registry order, then the charts every attack shares (``AttackConfig.charts``, e.g.
+    per fine-tuning round) over the rows of all the attacks that keep them."""
     present = {run.attack_type(a) for run in runs if run.summary is not None and not run.summary.empty
                for a in run.summary["attack"]}
+    ordered = [t for t in ATTACKS.listed() if t in present] + sorted(present - set(ATTACKS.listed()))
     out = []
-    for attack_type in [t for t in ATTACKS.listed() if t in present] + sorted(present - set(ATTACKS.listed())):
+    for attack_type in ordered:
         for chart in attack_class(attack_type).charts:
-            out += chart_figures(runs, attack_type, chart)
+            if chart not in AttackConfig.charts:
+                out += chart_figures(runs, {attack_type}, chart)
+    for chart in AttackConfig.charts:
+        out += chart_figures(runs, {t for t in ordered if chart in attack_class(t).charts}, chart)
     return out
 
 
