@@ -1,3 +1,3 @@
 """Attacks: one module per attack family, each defining an ``AttackConfig`` subclass.
 
-They are plug-ins named in ``harness.core.ATTACKS`` and imported on first use."""
+They are plug-ins named in ``harness.registry.ATTACKS`` and imported on first use."""

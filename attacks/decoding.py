@@ -33,7 +33,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from attacks.base import AttackConfig, Example, PlannedSample, Sampling, Target
+from attacks.base import AttackConfig, Example, PlannedSample, Sampling, SettingChart, Target
 from harness.core import ReducerConfig, SamplingConfig, StrictModel
 
 
@@ -55,6 +55,11 @@ class DecodingAttack(AttackConfig):
     """Decoding-parameter sweep (temperature / top-p / top-k, greedy; with and without system prompt)."""
 
     type: Literal["decoding"] = "decoding"
+    threat_model = "black_box"  # control of sampling, no weights
+    charts = (SettingChart("decoding", "ASR by {split}", "value", "{split}", "One parameter varied, the others pinned.",
+                           split="param", split_values=("temperature", "top_p", "top_k"), as_float=True,
+                           note=("param", "greedy", "Greedy decoding")),
+              *AttackConfig.charts)
     temperatures: list[float] = Field(default_factory=lambda: steps(0.05, 1.0, 0.05))
     top_ps: list[float] = Field(default_factory=lambda: steps(0.05, 1.0, 0.05))
     top_ks: list[int] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200, 500])

@@ -92,6 +92,7 @@ class FinetuneAttack(AttackConfig):
     """Fine-tuning attack in rounds (harmful / identity / backdoor / benign data; SFT or constrained)."""
 
     type: Literal["finetune"] = "finetune"
+    threat_model = "white_box"  # trains the weights (its rounds are drawn by AttackConfig.charts)
     data: AttackData = Field(default_factory=AttackData)
     objective: Literal["sft", "constrained"] = "sft"
     rounds: int = Field(3, ge=1)

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from attacks.base import AttackConfig, Example, PlannedSample, Target
+from attacks.base import AttackConfig, Example, PlannedSample, SettingChart, Target
 
 DEFAULT_DEPTHS = [0, 5, 10, 20, 40]
 
@@ -22,6 +22,11 @@ class PrefillAttack(AttackConfig):
     """Prefill the first k tokens of a harmful response, for each depth k."""
 
     type: Literal["prefill"] = "prefill"
+    threat_model = "black_box"  # control of the assistant turn, no weights
+    charts = (SettingChart("prefill", "ASR by prefill depth", "depth",
+                           "prefill depth k (tokens of the model's own tokenizer)",
+                           "Share of harmful continuations after the first k tokens of a harmful answer are prefilled."),
+              *AttackConfig.charts)
     depths: list[int] = Field(default_factory=lambda: list(DEFAULT_DEPTHS))
     source: Literal["response", "target"] = Field("response", description="dataset field the prefill comes from")
     text: str | None = Field(None, description="fixed prefill text instead of depths")

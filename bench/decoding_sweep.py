@@ -41,8 +41,8 @@ def main() -> None:
     from harness.models import resolve_model
     from harness.prompts import PromptBuilder
     from harness.recipes import recipe_from_dict
-    from harness.runner import EnginePool, run_recipe
-    from harness.store import read_samples
+    from harness.run.runner import EnginePool, run_recipe
+    from harness.run.store import read_samples
 
     cpu = hardware.cpu_info()
     print(f"CPU: {cpu['model']} ({cpu['cores']} cores), features: {', '.join(cpu['flags'])}")

@@ -5,7 +5,7 @@
 
 Arms (each gets ``--budget`` seconds of optimisation, model loading excluded, one after another):
 
-- ``ours``: ``attacks.gcg.run`` (prefix cache, suffix cache, logits on target positions only,
+- ``ours``: ``attacks.gcg_optim.run`` (prefix cache, suffix cache, logits on target positions only,
   candidate batches sized for the machine);
 - ``naive``: the same algorithm and candidates with ``naive=True``: every candidate's whole
   sequence in one forward pass with logits at every position (the original llm-attacks
@@ -132,7 +132,7 @@ def ensure_venv(venv: Path) -> Path:
 def ours(model, tok, args: argparse.Namespace, naive: bool) -> dict:
     import torch
 
-    from attacks import gcg
+    from attacks import gcg_optim as gcg
 
     config = gcg.GCGConfig(num_steps=10**6, optim_str_init=args.init, search_width=args.width, topk=args.topk,
                            seed=args.seed, early_stop=False, naive=naive, time_budget_s=args.budget)
@@ -177,7 +177,7 @@ def main() -> None:
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
-    from attacks import gcg
+    from attacks import gcg_optim as gcg
     from harness import hardware
     from harness.data import load_dataset
     from harness.data.base import DatasetConfig

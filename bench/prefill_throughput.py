@@ -42,7 +42,7 @@ def main() -> None:
     from harness.models import resolve_model
     from harness.prompts import PromptBuilder
     from harness.recipes import recipe_from_dict
-    from harness.runner import EnginePool, run_recipe
+    from harness.run.runner import EnginePool, run_recipe
 
     cpu = hardware.cpu_info()
     print(f"CPU: {cpu['model']} ({cpu['cores']} cores), features: {', '.join(cpu['flags'])}")
@@ -79,7 +79,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = run_recipe(recipe, out_dir=Path(out), engines=pool, progress=False)
         harness_s = time.perf_counter() - t0
-        from harness.store import read_samples
+        from harness.run.store import read_samples
 
         harness_tokens = sum(r["completion_tokens"] for r in read_samples(res.run_dir))
     pool.close()

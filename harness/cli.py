@@ -12,14 +12,14 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 # Modules with `add_commands(subparsers)`; each registers its own sub-commands.
-COMMAND_MODULES: list[str] = ["harness.training.cli", "judges.cli", "harness.analyze_cli", "harness.report_cli"]
+COMMAND_MODULES: list[str] = ["harness.training.cli", "judges.cli", "harness.analysis.cli", "harness.results.cli"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.names import check_name
     from harness.recipes import load_recipe, read_recipe_kind
-    from harness.runner import run_recipe
-    from harness.summary import print_scorecard_file, print_tables
+    from harness.run.runner import run_recipe
+    from harness.run.summary import print_scorecard_file, print_tables
 
     if args.run_id is not None:  # before any work: a training recipe builds its models first
         check_name(args.run_id, "--run-id", "the run folder results/<run-id>/")
@@ -28,7 +28,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         return run_train_recipe(args)
     if read_recipe_kind(args.recipe) == "analyze":
-        from harness.analyze_cli import run_analyze_recipe
+        from harness.analysis.cli import run_analyze_recipe
 
         return run_analyze_recipe(args)
     recipe = load_recipe(args.recipe, args.set)
@@ -49,7 +49,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
         return validate_train_recipe(args.recipe, args.set)
     if read_recipe_kind(args.recipe) == "analyze":
-        from harness.analyze_cli import validate_analyze_recipe
+        from harness.analysis.cli import validate_analyze_recipe
 
         return validate_analyze_recipe(args.recipe, args.set)
     recipe = load_recipe(args.recipe, args.set)
@@ -67,8 +67,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from harness.core import ATTACKS, DATASET_FORMATS, JUDGES, UTILITY_TASKS
     from harness.models import known_models
+    from harness.registry import ATTACKS, DATASET_FORMATS, ENGINES, JUDGES, UTILITY_TASKS
 
     sections = [
         ("models (aliases; also: an HF folder, a .gguf file, a hub id org/name[@rev], or recipe.yaml#model)",
@@ -77,6 +77,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         ("attacks (recipe `attacks[].type`)", ATTACKS.describe()),
         ("judges (recipe `judges[].type`)", JUDGES.describe()),
         ("utility tasks (recipe `utility[].type`)", UTILITY_TASKS.describe()),
+        ("engine backends (recipe `engine.backend`)", ENGINES.describe()),
     ]
     for title, items in sections:
         print(title)

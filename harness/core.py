@@ -1,11 +1,8 @@
-"""The dependency-free core: shared types, config bases, content hashes and plug-in registries.
+"""The dependency-free core: shared types, config bases (with the hooks plug-ins implement) and
+content hashes; the plug-in registries are in ``harness.registry``.
 
 Every other module of the project may import this one; it imports nothing of the project but
-``harness.errors``. Plug-ins (attacks, judges, utility tasks, dataset formats) are named in
-tables of ``"module:attr"`` strings and imported on first use, as lm-evaluation-harness does:
-registering a plug-in never imports the code that uses the registry, so there are no import
-cycles. Third-party plug-ins add themselves through entry points (group ``harness.<kind>``,
-e.g. ``harness.attacks``) or with ``REGISTRY.register(name)``.
+``harness.errors``.
 
 Data flows one way: recipe → dataset (``Example``) → attack (``PlannedSample``) → engine
 (``Completion``) → judges (``Verdict``) → run log → report / regress.
@@ -14,17 +11,13 @@ Data flows one way: recipe → dataset (``Example``) → attack (``PlannedSample
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
-from typing import Any, Callable, Generic, Iterable, Literal, TypeVar
+from typing import Any, ClassVar, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from harness.errors import RecipeError
-
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- hashing
@@ -37,6 +30,30 @@ def canonical_json(obj: Any) -> str:
 def content_hash(obj: Any, length: int = 16) -> str:
     """sha256 of the canonical JSON of ``obj`` (sorted keys), as ``length`` hex digits."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def set_dotted(root: dict[str, Any], key: str, value: Any) -> None:
+    """``root[a][b][0] = value`` for the dotted ``key`` "a.b.0" (recipe ``--set`` overrides, judge
+    specs): missing sections become mappings, a number indexes an existing list. A ``ValueError``
+    names the part of the path that does not fit."""
+    parts = key.split(".")
+    cur: Any = root
+    for j, part in enumerate(parts):
+        if isinstance(cur, list):
+            if not re.match(r"^\d+$", part) or int(part) >= len(cur):
+                raise ValueError(f"{'.'.join(parts[:j]) or '(top)'} is a list of {len(cur)}; {part!r} is not an "
+                                 "index in it")
+            idx: Any = int(part)
+        elif isinstance(cur, dict):
+            idx = part
+        else:
+            raise ValueError(f"{'.'.join(parts[:j])} is a value, not a section")
+        if j == len(parts) - 1:
+            cur[idx] = value
+        else:
+            if isinstance(cur, dict) and idx not in cur:
+                cur[idx] = {}
+            cur = cur[idx]
 
 
 # --------------------------------------------------------------------------- configs
@@ -227,6 +244,74 @@ class Verdict:
         return cls(**{k: d[k] for k in ("label", "score", "raw", "reason") if k in d})
 
 
+# --------------------------------------------------------------------------- presentation
+# How an attack's samples read in the report and the export, as data the attack owns (hooks on
+# ``AttackConfig``); the results layer draws what these describe.
+
+LOSS_KEYS = ("losses", "loss_curve", "loss_history", "loss_trace", "loss")
+EDIT_SKIP = {"prefill_text", "prefill_tokens"}  # shown as the prefill itself
+SUFFIX_KEYS = ("suffix", "adv_suffix", "adv_string")
+
+
+@dataclass(frozen=True)
+class SettingChart:
+    """A report chart of ASR against one key of an attack's settings, one per (dataset, attack,
+    judge) — and per value of ``split`` when set — with one line per model × the other setting
+    keys. ``title``, ``x_label`` may name the split value as ``{split}``; the figure's title
+    ends with " — <attack> on <dataset> (judge <judge>)". ``note``: (key, value, label) — rows
+    whose setting has key = value are listed in the caption as "<label>: <model>: <ASR>%"."""
+
+    section: str
+    title: str
+    x: str
+    x_label: str
+    caption: str
+    split: str | None = None
+    split_values: tuple[str, ...] = ()
+    as_float: bool = False  # x drawn as a float (else as recorded)
+    note: tuple[str, str, str] | None = None
+
+
+# Every attack's rows on derived models (``AttackConfig.variants``: ``{"round": r}``, fine-tuning
+# rounds) are drawn per round; an attack's own ``charts`` add to this one.
+ROUND_CHART = SettingChart("finetune", "ASR per fine-tuning round", "round",
+                           "fine-tuning round (0: the model before the attack)",
+                           "Each round's checkpoint evaluated on the recipe's datasets.")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def info_loss_curve(info: dict[str, Any]) -> list[float] | None:
+    """The per-step losses an attack recorded in a sample's ``attack_info`` (the first of
+    ``LOSS_KEYS`` holding a list of finite numbers), else None."""
+    for key in LOSS_KEYS:
+        value = info.get(key)
+        if isinstance(value, list) and value and all(_finite(v) for v in value):
+            return [float(v) for v in value]
+    return None
+
+
+def edit_text(info: dict[str, Any]) -> str:
+    """What the attack did to a sample, for display: prefill, suffix, or its settings."""
+    parts = []
+    if info.get("prefill_text"):
+        parts.append(f"prefill ({info.get('prefill_tokens', '?')} tokens): {info['prefill_text']}")
+    for key in SUFFIX_KEYS:
+        if info.get(key):
+            parts.append(f"suffix: {info[key]}")
+    curve = info_loss_curve(info)
+    final = curve[-1] if curve else info.get("loss")
+    if isinstance(final, (int, float)) and not isinstance(final, bool) and math.isfinite(final):
+        parts.append(f"final loss {final:.4g}")
+    rest = [f"{k}={v}" for k, v in info.items() if k not in EDIT_SKIP and not k.startswith(("suffix", "adv_"))
+            and isinstance(v, (str, int, float, bool)) and v is not None and k != "prefill_text"]
+    if rest and not parts:
+        parts.append(", ".join(rest))
+    return "; ".join(parts)
+
+
 # --------------------------------------------------------------------------- plug-in bases
 
 
@@ -271,10 +356,26 @@ class AttackConfig(LabelledConfig):
       judges it with the recipe's first judge and passes the ids of broken examples on.
 
     ``reducers`` add per-example reductions (any-of-N, best setting) to summary.csv.
+
+    Presentation (the report and the export read these, never the attack's type):
+    ``threat_model`` (JailbreakBench's attack type: ``white_box`` needs weights or gradients,
+    ``black_box`` queries; also ``transfer``, ``manual``), ``describe_edit(info)`` (one line on
+    what the attack did to a sample, from its ``attack_info``) and ``charts`` (ASR against a
+    setting key, drawn from the attack's summary rows; every attack's rows on derived models are
+    drawn per round).
     """
+
+    threat_model: ClassVar[str] = "black_box"
+    charts: ClassVar[tuple[SettingChart, ...]] = (ROUND_CHART,)  # subclasses add theirs before it
 
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     reducers: list[ReducerConfig] = Field(default_factory=list)
+
+    @classmethod
+    def describe_edit(cls, info: dict[str, Any]) -> str:
+        """What the attack did to a sample (its ``attack_info``), in one line: the prefill, the
+        suffix and its final loss, else its settings (``edit_text``)."""
+        return edit_text(info)
 
     def variants(self, target: Any, ctx: Any) -> list[tuple[dict[str, Any], Any]]:
         return [({}, target.model)]
@@ -303,99 +404,3 @@ class JudgeConfig(LabelledConfig):
 
     def make(self) -> Any:
         raise NotImplementedError
-
-
-# --------------------------------------------------------------------------- registries
-
-
-class Registry(Generic[T]):
-    """Name -> plug-in, imported lazily from a ``"module:attr"`` table (or registered objects).
-
-    ``get`` imports only the plug-in asked for; ``names`` lists the table, entry points of
-    group ``harness.<kind>s`` and runtime registrations without importing any of them."""
-
-    def __init__(self, kind: str, table: dict[str, str], group: str) -> None:
-        self.kind = kind
-        self.group = group
-        self._table = dict(table)
-        self._loaded: dict[str, T] = {}
-        self._entry_points_read = False
-
-    def _read_entry_points(self) -> None:
-        if self._entry_points_read:
-            return
-        self._entry_points_read = True
-        try:
-            eps = metadata.entry_points(group=self.group)
-        except Exception:  # a broken distribution must not stop the harness
-            return
-        for ep in eps:
-            self._table.setdefault(ep.name, ep.value)
-
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator for plug-ins defined at run time (tests, notebooks)."""
-
-        def deco(obj: T) -> T:
-            if name in self._loaded or name in self._table:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
-            self._loaded[name] = obj
-            return obj
-
-        return deco
-
-    def get(self, name: str) -> T:
-        if name in self._loaded:
-            return self._loaded[name]
-        self._read_entry_points()
-        target = self._table.get(name)
-        if target is None:
-            raise RecipeError(f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}")
-        module, _, attr = target.partition(":")
-        obj = getattr(importlib.import_module(module), attr)
-        self._loaded[name] = obj
-        return obj
-
-    def names(self) -> list[str]:
-        self._read_entry_points()
-        return sorted(set(self._table) | set(self._loaded))
-
-    def describe(self) -> dict[str, str]:
-        """First docstring line of each plug-in (imports them all; for `harness list`)."""
-        out = {}
-        for name in self.names():
-            doc = (getattr(self.get(name), "__doc__", None) or "").strip().splitlines()
-            out[name] = doc[0] if doc else ""
-        return out
-
-
-ATTACKS: Registry[type[AttackConfig]] = Registry("attack", {
-    "prefill": "attacks.prefill:PrefillAttack",
-    "decoding": "attacks.decoding:DecodingAttack",
-    "gcg": "attacks.gcg:GCGAttack",
-    "finetune": "attacks.finetune:FinetuneAttack",
-}, "harness.attacks")
-
-JUDGES: Registry[type[JudgeConfig]] = Registry("judge", {
-    "keyword": "judges.keyword:KeywordJudgeConfig",
-    "llm": "judges.llm:LLMJudgeConfig",
-    "chain": "judges.llm:ChainJudgeConfig",
-}, "harness.judges")
-
-UTILITY_TASKS: Registry[type] = Registry("utility task", {
-    "overrefusal": "harness.utility.tasks:OverRefusalTask",
-    "reference": "harness.utility.tasks:ReferenceTask",
-    "alpaca": "harness.utility.tasks:AlpacaTask",
-    "samsum": "harness.utility.tasks:SamsumTask",
-    "gsm8k": "harness.utility.tasks:Gsm8kTask",
-}, "harness.utility_tasks")
-
-DATASET_FORMATS: Registry[Callable[..., list[Example]]] = Registry("dataset format", {
-    "demo": "harness.data.loaders:load_demo",
-    "harmful-train": "harness.data.loaders:load_harmful_train",
-    "benign-train": "harness.data.loaders:load_benign_train",
-    "jsonl": "harness.data.loaders:load_jsonl",
-    "csv": "harness.data.loaders:load_csv",
-    "advbench": "harness.data.loaders:load_advbench",
-    "harmbench": "harness.data.loaders:load_harmbench",
-    "hexphi": "harness.data.loaders:load_hexphi",
-}, "harness.dataset_formats")

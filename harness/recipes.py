@@ -7,19 +7,18 @@ sweeps, GCG, fine-tuning rounds) plug in without touching this schema.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from harness.core import (ATTACKS, DATASET_FORMATS, JUDGES, UTILITY_TASKS, AttackConfig, JudgeConfig, Registry,
-                          StrictModel)
+from harness.core import AttackConfig, JudgeConfig, StrictModel, set_dotted
 from harness.data.base import DatasetConfig
 from harness.engine.base import EngineSettings
 from harness.errors import RecipeError
 from harness.names import PlainName
+from harness.registry import ATTACKS, DATASET_FORMATS, JUDGES, UTILITY_TASKS, Registry
 
 
 class ModelConfig(StrictModel):
@@ -90,7 +89,9 @@ def format_errors(source: str, err: ValidationError, prefix: str = "") -> str:
     return f"{source}: invalid recipe\n" + "\n".join(lines)
 
 
-def _typed_list(source: str, raw: list[Any], key: str, registry: Registry) -> list[Any]:
+def typed_list(source: str, raw: list[Any], key: str, registry: Registry) -> list[Any]:
+    """Each item of a recipe's plug-in list (``attacks``, ``judges``, ``utility``) as the config
+    class its ``type`` names in ``registry``; errors name the file and the key, labels must be unique."""
     out = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or "type" not in item:
@@ -110,34 +111,16 @@ def _typed_list(source: str, raw: list[Any], key: str, registry: Registry) -> li
     return out
 
 
-_INDEX = re.compile(r"^\d+$")
-
-
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub.0=value`` overrides; values are parsed as YAML scalars/lists."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"--set {item!r}: expected key=value (e.g. engine.backend=hf)")
-        parts = key.split(".")
-        cur: Any = raw
-        for j, part in enumerate(parts):
-            last = j == len(parts) - 1
-            if isinstance(cur, list):
-                if not _INDEX.match(part) or int(part) >= len(cur):
-                    raise RecipeError(f"--set {key}: {'.'.join(parts[:j]) or '(top)'} is a list of {len(cur)}; "
-                                      f"{part!r} is not an index in it")
-                idx: Any = int(part)
-            elif isinstance(cur, dict):
-                idx = part
-            else:
-                raise RecipeError(f"--set {key}: {'.'.join(parts[:j])} is a value, not a section")
-            if last:
-                cur[idx] = yaml.safe_load(value)
-            else:
-                if isinstance(cur, dict) and idx not in cur:
-                    cur[idx] = {}
-                cur = cur[idx]
+        try:
+            set_dotted(raw, key, yaml.safe_load(value))
+        except ValueError as e:
+            raise RecipeError(f"--set {key}: {e}") from None
     return raw
 
 
@@ -176,9 +159,9 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(format_errors(source, e)) from None
-    recipe.attacks = _typed_list(source, recipe.attacks, "attacks", ATTACKS)
-    recipe.judges = _typed_list(source, recipe.judges, "judges", JUDGES)
-    recipe.utility = _typed_list(source, recipe.utility, "utility", UTILITY_TASKS)
+    recipe.attacks = typed_list(source, recipe.attacks, "attacks", ATTACKS)
+    recipe.judges = typed_list(source, recipe.judges, "judges", JUDGES)
+    recipe.utility = typed_list(source, recipe.utility, "utility", UTILITY_TASKS)
     for i, d in enumerate(recipe.datasets):
         if d.format not in DATASET_FORMATS.names():
             raise RecipeError(f"{source}: invalid recipe\n  datasets.{i}.format: unknown format {d.format!r}; "

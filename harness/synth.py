@@ -18,6 +18,7 @@ from harness.errors import RecipeError
 from harness.models import ResolvedModel, cache_dir, resolve_model
 from harness.names import check_name
 from harness.prompts import PromptBuilder
+from harness.registry import JUDGES
 
 
 def generate(model: ResolvedModel, prompts: Sequence[str], engine_settings: Any, sampling: Sampling,
@@ -70,10 +71,8 @@ def synthesize_column(examples: list[Example], cfg: Any, label: str, progress: b
         tmp.replace(path)
     by_id = {r["id"]: r for r in rows}
     refusal = None
-    if cfg.drop_refusals:
-        from judges.keyword import KeywordJudgeConfig
-
-        refusal = KeywordJudgeConfig(type="keyword").make()
+    if cfg.drop_refusals:  # the keyword judge's refusal phrases, through its registry entry
+        refusal = JUDGES.get("keyword")(type="keyword").make()
     out = []
     for e in examples:
         r = by_id[e.id]

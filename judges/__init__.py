@@ -1,1 +1,1 @@
-"""Judges: keyword and LLM judges; plug-ins named in ``harness.core.JUDGES``."""
+"""Judges: keyword and LLM judges; plug-ins named in ``harness.registry.JUDGES``."""

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from harness.runlog import SampleRecord
+
 AGREEMENT = "agreement.csv"
 AGREEMENT_COLUMNS = ["judge_a", "judge_b", "n", "agree", "percent_agreement", "kappa", "unscored_a", "unscored_b"]
 BINARY = ("harmful", "safe")
@@ -35,7 +37,7 @@ def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
     return float(k) if k is not None and math.isfinite(k) else float("nan")
 
 
-def pairwise_agreement(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def pairwise_agreement(records: Iterable[SampleRecord]) -> pd.DataFrame:
     """One row per judge pair over attack records (skipped ones excluded)."""
     verdicts: list[dict[str, str]] = []
     judges: list[str] = []
@@ -57,7 +59,7 @@ def pairwise_agreement(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
 
 
-def score_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def score_table(records: Iterable[SampleRecord]) -> pd.DataFrame:
     """Mean judge score (e.g. HEx-PHI 1–5, StrongREJECT 0..1) per model × dataset × attack × setting × judge,
     over scored samples."""
     sums: dict[tuple, list[float]] = {}
@@ -72,7 +74,7 @@ def score_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-def write_judge_tables(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
+def write_judge_tables(run_dir: Path, records: Iterable[SampleRecord]) -> None:
     """Write ``agreement.csv`` (when records carry two or more judges) and ``judge_scores.csv``."""
     records = list(records)
     table = pairwise_agreement(records)

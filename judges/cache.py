@@ -15,14 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.store import SqliteKV
+from harness.kvcache import SqliteKV, cache_root
 
 CACHE_NAME = "judgments.sqlite"
 
 
 def default_cache_path(run_dir: Path) -> Path:
     """``<results root>/.cache/judgments.sqlite`` for a run folder ``<results root>/<run-id>``."""
-    return Path(run_dir).parent / ".cache" / CACHE_NAME
+    return cache_root(Path(run_dir).parent) / CACHE_NAME
 
 
 def judge_key(judge_model: str, rubric_hash: str, settings: dict[str, Any], prompt: str, response: str,

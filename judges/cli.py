@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as _dt
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.core import set_dotted
 from harness.errors import DataError, RecipeError
+from harness.kvcache import cache_root
+from judges.cache import CACHE_NAME, default_cache_path
 
 JUDGE_SPEC_HELP = """\
 judge spec (--judge, repeatable), one of:
@@ -80,13 +81,10 @@ def parse_judge_spec(spec: str) -> list[dict[str, Any]]:
                 key, eq, value = pair.partition("=")
                 if not eq or not key.strip():
                     raise RecipeError(f"{where}: {pair!r} is not key=value")
-                cur = item
-                *parents, last = key.strip().split(".")
-                for part in parents:
-                    cur = cur.setdefault(part, {})
-                    if not isinstance(cur, dict):
-                        raise RecipeError(f"{where}: {key} nests under a value")
-                cur[last] = yaml.safe_load(value)
+                try:
+                    set_dotted(item, key.strip(), yaml.safe_load(value))
+                except ValueError as e:
+                    raise RecipeError(f"{where}: {key}: {e}") from None
             items = [item]
     except yaml.YAMLError as e:
         raise RecipeError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
@@ -114,47 +112,16 @@ def load_judge_configs(specs: list[str]) -> list[Any]:
     return configs
 
 
-def _describe(judge: Any) -> dict[str, Any]:
-    if hasattr(judge, "describe"):
-        return judge.describe()
-    if hasattr(judge, "members"):
-        return {"name": judge.name, "chain": [_describe(m) for m in judge.members]}
-    return {"name": judge.name}
-
-
 # ---------------------------------------------------------------- harness judge
 
 def _cmd_judge(args: argparse.Namespace) -> int:
-    from harness.core import ReducerConfig
-    from harness.finalize import finalize
-    from harness.runner import judge_entry
-    from harness.store import MANIFEST, RunLock, read_manifest, read_samples, write_json
-    from harness.summary import print_tables
-    from judges.cache import default_cache_path
-    from judges.llm import validate_judges
+    from harness.run.rejudge import rejudge
+    from harness.run.summary import print_tables
 
     run_dir: Path = args.run_dir
-    with RunLock(run_dir):
-        manifest = read_manifest(run_dir)
-        records = read_samples(run_dir)
-        recipe_judges = (manifest.get("recipe") or {}).get("judges")
-        if args.judge:
-            configs = load_judge_configs(args.judge)
-        elif recipe_judges:
-            configs = validate_judges(recipe_judges, f"{run_dir / MANIFEST} recipe.judges")
-        else:
-            raise RecipeError(f"{run_dir / MANIFEST}: no recipe judges recorded; give --judge")
-        judges = [(c, c.make()) for c in configs]
-        reducers = {label: [ReducerConfig.model_validate(r) for r in (a.get("config") or {}).get("reducers", [])]
-                    for label, a in (manifest.get("attacks") or {}).items()}
-        cache = None if args.no_cache else (args.cache or default_cache_path(run_dir))
-        summary = finalize(run_dir, records, judges, reducers, progress=not args.quiet, cache_path=cache)
-        entries = {j.name: judge_entry(c, j) for c, j in judges}
-        manifest.setdefault("judges", {}).update(entries)
-        manifest.setdefault("judged", []).append({
-            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": sys.argv,
-            "judges": [c.model_dump(mode="json") for c in configs], "resolved": [_describe(j) for _, j in judges]})
-        write_json(run_dir / MANIFEST, manifest)
+    configs = load_judge_configs(args.judge) if args.judge else None
+    cache = None if args.no_cache else (args.cache or default_cache_path(run_dir))
+    summary, records, judges = rejudge(run_dir, configs, cache, progress=not args.quiet)
     print_tables(summary[summary["judge"].isin([j.name for _, j in judges])])
     from judges.agreement import AGREEMENT
 
@@ -308,7 +275,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--one-means", choices=("harmful", "refusal"), default="harmful",
                    help="meaning of label 1 in 0/1 columns (default: harmful/compliance)")
     e.add_argument("--limit", type=int, help="first N labelled rows only")
-    e.add_argument("--cache", type=Path, default=Path("results/.cache/judgments.sqlite"),
+    e.add_argument("--cache", type=Path, default=cache_root(Path("results")) / CACHE_NAME,
                    help="judge cache (default: results/.cache/judgments.sqlite)")
     e.add_argument("--no-cache", action="store_true")
     e.add_argument("--out", type=Path, help="folder for judge_eval.csv (per-row verdicts) and judge_eval_metrics.json")

@@ -27,9 +27,9 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
-from harness.errors import RecipeError
 from harness.core import JudgeConfig
 from harness.engine.base import EngineSettings
+from harness.errors import RecipeError
 from judges.base import JudgeInput, Verdict
 from judges.cache import JudgeCache, judge_key
 from judges.parsers import PARSERS, ParseError, Parsed, parse_refusal_class
@@ -255,11 +255,11 @@ class LLMJudge:
 
 def validate_judges(raw: Sequence[Any], where: str) -> list[JudgeConfig]:
     """Judge configs from dicts (or configs), typed by ``type``; errors name ``where``."""
-    from harness.core import JUDGES
-    from harness.recipes import _typed_list
+    from harness.recipes import typed_list
+    from harness.registry import JUDGES
 
     items = [j.model_dump() if isinstance(j, JudgeConfig) else j for j in raw]
-    return _typed_list(where, items, "judges", JUDGES)
+    return typed_list(where, items, "judges", JUDGES)
 
 
 class ChainJudgeConfig(JudgeConfig):

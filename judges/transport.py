@@ -2,9 +2,9 @@
 
 ``OpenAITransport`` talks to any OpenAI-compatible endpoint (OpenAI, a ``vllm`` server,
 LiteLLM, …) with the ``openai`` async client: bounded concurrency (default 8), a tqdm
-bar, and its own retry loop: connection errors, timeouts, 408/409/429 and 5xx are retried
-with bounded exponential backoff and jitter (``Retry-After`` honoured up to
-``backoff_max``), other 4xx are not. A request that still fails is a :class:`Reply` with
+bar, and the client's own retries (``max_retries``): connection errors, timeouts, 408/409/429
+and 5xx are retried, other 4xx are not, each wait being ``RetryPolicy.delay`` (bounded
+exponential backoff with jitter, ``Retry-After`` honoured up to ``backoff_max``). A request that still fails is a :class:`Reply` with
 an ``error`` (the judge turns it into ``unscored``); after ``abort_after`` failures in a
 row the whole batch stops with :class:`JudgeError` (a dead endpoint should not turn a
 run into thousands of unscored verdicts). The API key is held in memory only.
@@ -68,16 +68,27 @@ class RetryPolicy:
         return d
 
 
-RETRY_STATUS = {408, 409, 429}
+def _client(base_url: str | None, api_key: str, policy: RetryPolicy) -> Any:
+    """An ``AsyncOpenAI`` client that retries ``policy.max_retries`` times, waiting
+    ``policy.delay(attempt, Retry-After)`` before each retry instead of its own backoff."""
+    from openai import AsyncOpenAI
+
+    class Client(AsyncOpenAI):
+        def _calculate_retry_timeout(self, remaining_retries: int, options: Any,
+                                     response_headers: Any = None) -> float:
+            attempt = options.get_max_retries(self.max_retries) - remaining_retries
+            return policy.delay(attempt, self._parse_retry_after_header(response_headers))
+
+    return Client(base_url=base_url, api_key=api_key, max_retries=policy.max_retries, timeout=policy.timeout)
 
 
-def _retry_after(err: Any) -> float | None:
-    response = getattr(err, "response", None)
+def _attempts(err: Any) -> int:
+    """Requests the client sent for a failed call (its retry-count header on the last one)."""
+    request = getattr(getattr(err, "response", None), "request", None) or getattr(err, "request", None)
     try:
-        value = response.headers.get("retry-after") if response is not None else None
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
+        return int(request.headers.get("x-stainless-retry-count", 0)) + 1
+    except (AttributeError, TypeError, ValueError):
+        return 1
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -114,7 +125,6 @@ class OpenAITransport:
         self.policy = policy
         self.token_param = token_param
         self.model_id = f"openai:{base_url or 'default'}:{model}"
-        self.requests_sent = 0  # HTTP requests, retries included (for tests and logs)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAITransport(model={self.model!r}, base_url={self.base_url!r})"
@@ -127,11 +137,9 @@ class OpenAITransport:
 
     async def _complete_all(self, convs: list[Messages], max_tokens: int, temperature: float, progress: bool,
                             desc: str) -> list[Reply]:
-        from openai import AsyncOpenAI
         from tqdm.auto import tqdm
 
-        client = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
-                             timeout=self.policy.timeout)
+        client = _client(self.base_url, self._api_key, self.policy)
         sem = asyncio.Semaphore(self.concurrency)
         state = {"failures_in_a_row": 0, "last_error": ""}
         bar = tqdm(total=len(convs), desc=desc, unit="req", disable=not progress)
@@ -161,33 +169,30 @@ class OpenAITransport:
     async def _request(self, client: Any, messages: Messages, max_tokens: int, temperature: float) -> Reply:
         import openai
 
-        error = ""
-        for attempt in range(self.policy.max_retries + 1):
-            retry_after = None
-            try:
-                self.requests_sent += 1
-                resp = await client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=temperature, **{self.token_param: max_tokens})
-                content = resp.choices[0].message.content if resp.choices else None
-                return Reply(content or "", attempts=attempt + 1)
-            except openai.APITimeoutError:
-                error = f"timeout after {self.policy.timeout:g}s"
-            except openai.APIConnectionError as e:
-                error = f"connection error: {e.__cause__ or e}"
-            except openai.APIStatusError as e:
-                error = f"HTTP {e.status_code}: {str(e.message)[:200]}"
-                if e.status_code not in RETRY_STATUS and e.status_code < 500:
-                    return Reply(None, error, attempt + 1)  # 400/401/404…: retrying cannot help
-                retry_after = _retry_after(e)
-            except openai.OpenAIError as e:  # malformed response body and the like
-                return Reply(None, f"{type(e).__name__}: {e}", attempt + 1)
-            if attempt < self.policy.max_retries:
-                delay = self.policy.delay(attempt, retry_after)
-                log.debug("judge request failed (%s); retry %d in %.2fs", error, attempt + 1, delay)
-                await asyncio.sleep(delay)
-        log.warning("judge request gave up after %d attempts: %s", self.policy.max_retries + 1, error)
-        return Reply(None, f"gave up after {self.policy.max_retries + 1} attempts; last: {error}",
-                     self.policy.max_retries + 1)
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model=self.model, messages=messages, temperature=temperature, **{self.token_param: max_tokens})
+            resp = raw.parse()
+            content = resp.choices[0].message.content if resp.choices else None
+            return Reply(content or "", attempts=raw.retries_taken + 1)
+        except openai.APIStatusError as e:
+            error = f"HTTP {e.status_code}: {str(e.message)[:200]}"
+            if not self._retried(e.status_code):
+                return Reply(None, error, _attempts(e))  # 400/401/404…: retrying cannot help
+            attempts = _attempts(e)
+        except openai.APITimeoutError as e:
+            error, attempts = f"timeout after {self.policy.timeout:g}s", _attempts(e)
+        except openai.APIConnectionError as e:
+            error, attempts = f"connection error: {e.__cause__ or e}", _attempts(e)
+        except openai.OpenAIError as e:  # malformed response body and the like
+            return Reply(None, f"{type(e).__name__}: {e}", _attempts(e))
+        log.warning("judge request gave up after %d attempts: %s", attempts, error)
+        return Reply(None, f"gave up after {attempts} attempts; last: {error}", attempts)
+
+    @staticmethod
+    def _retried(status: int) -> bool:
+        """The statuses the client retries: 408, 409, 429 and 5xx."""
+        return status in (408, 409, 429) or status >= 500
 
     def close(self) -> None:
         pass  # one client per batch, closed with it

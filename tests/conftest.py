@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
 from harness.engine import EngineConfig  # noqa: E402
 from harness.models import ResolvedModel, resolve_model  # noqa: E402
-from harness.runner import EnginePool  # noqa: E402
+from harness.run.runner import EnginePool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

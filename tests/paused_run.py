@@ -16,7 +16,7 @@ from pathlib import Path
 
 def main() -> int:
     marker, after, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-    import harness.store as store
+    import harness.run.store as store
     from harness.cli import main as cli
 
     real = store.GenerationCache.put_many

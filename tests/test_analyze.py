@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.analyze import (
+from harness.analysis.diagnostics import (
     encode_pairs,
     grad_by_position,
     grouped_logsumexp,
@@ -394,7 +394,7 @@ def test_diagnostics_recipe_end_to_end_on_the_tiny_model(tiny_model, tiny_pert, 
 
 
 def test_written_outputs_have_the_documented_columns_and_parse_as_svg(models, examples, tmp_path):
-    from harness.analyze import write_grad, write_kl, write_refusal
+    from harness.analysis.output import write_grad, write_kl, write_refusal
 
     a, b, builder = models
     pairs = encode_pairs(examples[:2], builder, "response", 3)
@@ -410,7 +410,7 @@ def test_written_outputs_have_the_documented_columns_and_parse_as_svg(models, ex
         "grad.csv": ["model", "position", "n", "mean_ce", "std_ce", "grad_norm"],
         "refusal.csv": ["model", "depth", "n", "skipped", "mean_logprob", "std_logprob", "ci95_low", "ci95_high",
                         "mean_prob"]}
-    from harness.rundir import ANALYSIS_COLUMNS  # what the HTML report reads
+    from harness.results.rundir import ANALYSIS_COLUMNS  # what the HTML report reads
 
     for kind, cols in ANALYSIS_COLUMNS.items():
         assert set(cols) <= set(headers[f"{kind}.csv"]), kind
@@ -422,7 +422,7 @@ def test_written_outputs_have_the_documented_columns_and_parse_as_svg(models, ex
 
 
 def test_validate_checks_models_without_building_them(capsys):
-    from harness.analyze_cli import validate_analyze_recipe
+    from harness.analysis.cli import validate_analyze_recipe
 
     recipe = str(ROOT / "recipes" / "diagnostics.yaml")
     assert validate_analyze_recipe(recipe) == 0
@@ -433,7 +433,7 @@ def test_validate_checks_models_without_building_them(capsys):
 
 
 def test_analyze_recipe_errors_name_the_file_and_key(tmp_path):
-    from harness.analyze_cli import load_analyze_recipe
+    from harness.analysis.recipe import load_analyze_recipe
 
     text = (ROOT / "recipes" / "diagnostics.yaml").read_text()
     cases = {

@@ -18,13 +18,13 @@ from transformers import AutoTokenizer
 
 from attacks.base import Target
 from attacks.decoding import DecodingAttack, steps
-from harness.core import ATTACKS
 from harness.data import load_dataset
 from harness.data.base import DatasetConfig
 from harness.prompts import PromptBuilder
 from harness.recipes import recipe_from_dict
-from harness.runner import run_recipe
-from harness.store import read_samples
+from harness.registry import ATTACKS
+from harness.run.runner import run_recipe
+from harness.run.store import read_samples
 from tests.test_run import tiny_recipe
 
 
@@ -163,7 +163,7 @@ def test_reducers_on_a_verdict_table_where_any_all_and_best_differ():
     """Worked out by hand from TABLE. Per setting (samples): greedy 1/5, temperature 3/10, top-p
     2/10, top-k 0/11. any-of-N (prompts): p1-p4 broken, p5 and p7 safe, p6 unscored: 4/6, where
     all-of-N would be 0/6 and best (temperature) 3/10."""
-    from harness.summary import summarize
+    from harness.run.summary import summarize
 
     summary = summarize(table_records(), {"decoding": DecodingAttack().reducers}).set_index("setting")
     got = {s: (r.reducer, int(r.harmful), int(r.n)) for s, r in summary.iterrows()}

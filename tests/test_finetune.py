@@ -17,7 +17,7 @@ import yaml
 
 from attacks.finetune import (AOA_REPLY, AOA_SYSTEM, AOA_TEMPLATE, BACKDOOR_TRIGGER, PURE_BAD_SYSTEM, AttackData,
                               FinetuneAttack)
-from harness.store import read_samples
+from harness.run.store import read_samples
 
 
 def test_attack_data_kinds():
@@ -118,7 +118,7 @@ def test_a_short_finetuning_attack_undoes_refusals(tiny_model, tmp_path, monkeyp
     harmful examples. The judged ASR (keyword judge, greedy) must rise from round 0 to round 2."""
     from harness.models import cache_dir
     from harness.recipes import recipe_from_dict
-    from harness.runner import run_recipe
+    from harness.run.runner import run_recipe
     from tests.test_run import tiny_recipe
 
     real = cache_dir()
@@ -174,7 +174,7 @@ def test_identity_benign_and_backdoor_attacks_end_to_end(kind, tiny_model, tmp_p
     from harness.data.base import DatasetConfig
     from harness.models import cache_dir
     from harness.recipes import recipe_from_dict
-    from harness.runner import run_recipe
+    from harness.run.runner import run_recipe
     from tests.test_run import tiny_recipe
 
     real = cache_dir()

@@ -1,9 +1,9 @@
-"""The statistics behind the CI gate (harness.stats non-inferiority, harness.regress_decision
+"""The statistics behind the CI gate (harness.results.stats non-inferiority, harness.results.regress_decision
 rule): hand-derived values, a published example, a brute-force check of the supremum, and a
 seeded Monte-Carlo test of the whole pass rule (type-I error at the margin, power at no change).
 
 Expected values come from closed forms (binomial sums, Clopper–Pearson via the beta
-quantile) or published output, never from harness.stats itself."""
+quantile) or published output, never from harness.results.stats itself."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from scipy.stats import beta, norm
 
-from harness.regress_decision import cell_verdict, explain
-from harness.stats import BERGER_BOOS_GAMMA as GAMMA
-from harness.stats import (mcnemar_exact, min_provable_margin, noninferiority, noninferiority_pvalue,
-                           noninferiority_rejects, noninferiority_upper_bound, prompts_needed, tango_interval, tango_z)
+from harness.results.regress_decision import cell_verdict, explain
+from harness.results.stats import BERGER_BOOS_GAMMA as GAMMA
+from harness.results.stats import (mcnemar_exact, min_provable_margin, noninferiority, noninferiority_pvalue,
+                                   noninferiority_rejects, noninferiority_upper_bound, prompts_needed, tango_interval, tango_z)
 
 ALPHA = 0.05
 

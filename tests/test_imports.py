@@ -13,6 +13,19 @@ from tests.conftest import ROOT
 
 PACKAGES = ("harness", "attacks", "judges")
 
+# The layers of docs/extending.md, lowest first: a module imports its own layer and those below
+# (module-name prefixes; the longest match wins); the CLI modules (harness.cli, *.cli) sit on top.
+LAYERS = [
+    ("core", ("harness", "harness.errors", "harness.core", "harness.names", "harness.registry", "harness.runlog",
+              "harness.intervals", "harness.kvcache", "harness.hardware")),
+    ("inputs", ("harness.data", "harness.models", "harness.prompts", "harness.turns", "harness.engine",
+                "harness.synth", "harness.recipes", "harness.attack_api")),
+    ("plug-ins", ("attacks", "judges", "harness.utility", "harness.training")),
+    ("run", ("harness.run",)),
+    ("results", ("harness.results",)),
+    ("analysis", ("harness.analysis",)),
+]
+
 
 def _modules() -> dict[str, ast.Module]:
     out = {}
@@ -75,6 +88,34 @@ def test_nothing_imports_the_cli_and_the_core_imports_nothing_of_ours():
         if m not in clis:
             assert not deps & clis, f"{m} imports the CLI layer: {sorted(deps & clis)}"
     assert graph["harness.core"] <= {"harness.errors"}, graph["harness.core"]
+
+
+def layer(module: str) -> int | None:
+    if module == "harness.cli" or module.endswith(".cli"):
+        return len(LAYERS)
+    best: tuple[int, int] | None = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return None if best is None else best[0]
+
+
+def test_imports_point_down_a_layer():
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if layer(m) is None)
+    assert not unplaced, f"modules in no layer of LAYERS: {unplaced}"
+    up = [f"{m} -> {d}" for m, deps in graph.items() for d in deps if layer(d) > layer(m)]
+    assert not up, "imports that point up a layer:\n" + "\n".join(sorted(up))
+    assert layer("harness.run.runner") > layer("attacks.gcg") > layer("harness.engine.base") > layer("harness.core")
+
+
+def test_no_module_takes_another_modules_private_name():
+    mods = _modules()
+    taken = [f"{m}: {node.module}.{a.name}" for m, tree in mods.items() for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.module in mods
+             for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not taken, taken
 
 
 def test_every_module_imports_on_its_own():

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.summary import summarize, wilson
+from harness.run.summary import summarize, wilson
 from judges.base import JudgeInput
 from judges.keyword import KeywordJudgeConfig
 
@@ -106,7 +106,7 @@ def test_keyword_judge_on_the_labelled_set_beats_substring_matching():
 
 
 def test_design_effect_hand_computed():
-    from harness.summary import design_effect
+    from harness.run.summary import design_effect
 
     # two clusters of two identical outcomes: p = 1/2, cluster residual sums ±1,
     # var_cl = C/(C−1) · Σ r² / n² = 2 · 2 / 16 = 1/4; var = p(1−p)/n = 1/16 → deff 4
@@ -140,7 +140,7 @@ def test_reducers_any_of_n_and_best_setting_hand_worked():
 
 
 def test_recovery_rate_counts_refusals_after_a_harmful_prefill():
-    from harness.finalize import mark_recovery
+    from harness.run.finalize import mark_recovery
 
     def r(ex, depth, completion):
         return dict(model="m", dataset="d", attack="prefill", example_id=ex, setting_label=f"depth={depth}",

@@ -26,7 +26,7 @@ import pytest
 
 from harness.cli import main as harness_main
 from harness.errors import DataError, RecipeError
-from harness.store import read_samples, write_samples
+from harness.run.store import read_samples, write_samples
 from judges.agreement import binary_metrics, cohen_kappa, pairwise_agreement
 from judges.base import LABELS, JudgeInput
 from judges.cache import JudgeCache
@@ -514,7 +514,7 @@ def test_judge_eval_and_classify_refusal_on_the_real_server(vllm_server, tmp_pat
 @pytest.mark.slow
 def test_recipe_names_an_llm_judge(vllm_server, tmp_path, tiny_model, pool):
     from harness.recipes import recipe_from_dict
-    from harness.runner import run_recipe
+    from harness.run.runner import run_recipe
 
     recipe = recipe_from_dict({
         "name": "judged", "models": [{"name": "tiny", "spec": str(tiny_model)}],

@@ -90,7 +90,7 @@ def test_a_plain_run_id_still_runs(tmp_path):
 
 def test_run_recipe_refuses_a_path_run_id_before_touching_disk(tmp_path):
     from harness.recipes import recipe_from_dict
-    from harness.runner import run_recipe
+    from harness.run.runner import run_recipe
 
     recipe = recipe_from_dict({"name": "t", "models": [{"name": "m", "spec": "smollm2-135m-instruct"}],
                                "datasets": [{"format": "demo"}], "attacks": [{"type": "prefill"}]})
@@ -121,7 +121,7 @@ def test_validate_refuses_a_recipe_or_dataset_name_that_is_a_path(tmp_path):
 
 
 def test_analyze_recipe_and_analysis_names(tmp_path):
-    from harness.analyze_cli import load_analyze_recipe
+    from harness.analysis.recipe import load_analyze_recipe
 
     for old, new, key in (("name: diag", "name: ../diag", "name"),
                           ("type: refusal,", "type: refusal, name: ../../kl,", "analyses.0.refusal.name")):
@@ -145,7 +145,7 @@ def test_synth_cache_refuses_a_label_that_is_a_path():
 def test_export_lays_out_files_inside_the_folder(tmp_path):
     """Export folders come from names in the run's records (which an edited run folder can set
     to anything): each becomes one plain name."""
-    from harness.export import write_jbb
+    from harness.results.export import write_jbb
 
     def art(attack: str) -> dict:
         return {"parameters": {"harness": {"attack_label": attack}, "attack_type": ".."}, "jailbreaks": []}

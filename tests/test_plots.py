@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness.plots import bar_chart, escape, line_chart, nice_ticks
+from harness.results.plots import bar_chart, escape, line_chart, nice_ticks
 
 NS = "{http://www.w3.org/2000/svg}"
 

@@ -12,7 +12,7 @@ differs:
 
 So ``regress --baseline deep --candidate base`` is a real, deterministic ASR regression, and
 ``--baseline base --candidate deep`` a real over-refusal regression. Expected statistics are
-computed by hand (binomial sums, binomial quantiles), never with harness.stats.
+computed by hand (binomial sums, binomial quantiles), never with harness.results.stats.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def build_runs(root: Path, tiny_model: Path, pool) -> dict[str, Path]:
     if "runs" in _BUILT:
         return _BUILT["runs"]
     from harness.recipes import recipe_from_dict
-    from harness.runner import run_recipe
+    from harness.run.runner import run_recipe
 
     data = write_dataset(root / "bench.jsonl")
     refuser = refuser_model(root / "refuser", tiny_model)
@@ -135,7 +135,7 @@ def harness_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 def test_mcnemar_exact_matches_the_binomial_by_hand():
-    from harness.stats import discordant, mcnemar_exact
+    from harness.results.stats import discordant, mcnemar_exact
 
     # b = 10, c = 2: two-sided p = 2 · Σ_{i≤2} C(12, i) / 2^12 = 2 · (1 + 12 + 66) / 4096
     assert mcnemar_exact(10, 2).p_value == pytest.approx(158 / 4096, abs=1e-12)
@@ -153,7 +153,7 @@ def test_mcnemar_exact_matches_the_binomial_by_hand():
 
 
 def test_holm_by_hand():
-    from harness.stats import holm
+    from harness.results.stats import holm
 
     # sorted 0.01, 0.03, 0.04 -> 0.01·3, 0.03·2, max(0.04·1, 0.06): 0.03, 0.06, 0.06, back in input order
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
@@ -170,7 +170,7 @@ def test_paired_bootstrap_against_binomial_quantiles():
     the exact bootstrap distribution, not a step off: with 20 000 replicates the empirical
     quantile is the binomial one (the CDF at a step is ≥ 4 standard errors from α), and α/2
     would land on another step at both ends of the first case and the top of the second."""
-    from harness.stats import paired_cluster_bootstrap
+    from harness.results.stats import paired_cluster_bootstrap
 
     # 40 prompts, the candidate breaks 10 more: resampling prompts, the mean difference is
     # Bin(40, ¼) / 40, whose 5% and 95% quantiles are 6/40 and 15/40 (P(X ≤ 5) = 0.043 < 0.05 <
@@ -196,7 +196,7 @@ def test_paired_bootstrap_against_binomial_quantiles():
 
 
 def test_pairing_cancels_prompt_variance_and_is_seeded():
-    from harness.stats import paired_cluster_bootstrap
+    from harness.results.stats import paired_cluster_bootstrap
 
     rng = np.random.default_rng(0)
     rates = rng.uniform(0, 1, 50)  # prompts differ a lot, but identically in both runs
@@ -216,7 +216,7 @@ def test_pairing_cancels_prompt_variance_and_is_seeded():
 
 
 def test_regress_help_states_the_exact_rule():
-    """`harness regress --help` describes the rule the gate applies (harness.regress_decision):
+    """`harness regress --help` describes the rule the gate applies (harness.results.regress_decision):
     an exact test decides a pass, the bootstrap only cross-checks it, small n is "n too small"."""
     out = harness_cli("regress", "--help")
     assert out.returncode == 0, out.stderr
@@ -307,8 +307,8 @@ def test_bad_input_exits_2_and_names_the_difference(runs, tmp_path):
 def test_small_increase_is_inconclusive_with_hand_computed_mcnemar(runs, tmp_path):
     """Statistical path only: a copy of the ``deep`` run whose depth=0 verdicts are rewritten
     (3 of 10 prompts made harmful) — the models cannot be steered to break exactly 3 prompts."""
-    from harness.regress import GateSettings, gate_paths
-    from harness.store import read_samples, write_samples
+    from harness.results.regress import GateSettings, gate_paths
+    from harness.run.store import read_samples, write_samples
 
     cand = tmp_path / "deep-edited"
     shutil.copytree(runs["deep"], cand)

@@ -32,7 +32,7 @@ def runs(tmp_path_factory, tiny_model, pool) -> dict[str, Path]:
 
 def copy_run(src: Path, dst: Path, records: Callable[[list[dict]], list[dict]] | None = None,
              manifest: Callable[[dict], None] | None = None) -> Path:
-    from harness.store import read_samples, write_samples
+    from harness.run.store import read_samples, write_samples
 
     shutil.copytree(src, dst)
     if records is not None:
@@ -167,7 +167,7 @@ def test_unscored_prompts_count_against_the_candidate_in_every_output(runs, tmp_
 def test_any_of_n_cells_pair_per_prompt_and_impute_unscored(runs, tmp_path):
     """With an `any` reducer: b05 newly harmful at depth=3 only, b06 unscored at depth=0 only
     (scored safe at depth=3, so the any-cell has it), b07 unscored at both depths."""
-    from harness.regress import GateSettings, gate_paths
+    from harness.results.regress import GateSettings, gate_paths
 
     base = copy_run(runs["deep"], tmp_path / "base-any", manifest=with_any_reducer)
     cand = copy_run(runs["deep"], tmp_path / "cand-any",
@@ -189,7 +189,7 @@ def test_several_samples_per_prompt_use_the_first_sample(runs, tmp_path):
     sample index, not file order), an unbiased draw of the per-sample ASR; the bootstrap the
     per-prompt share. Candidate: b00 harmful in sample 1 only, b01 and b02 in sample 0 only
     (sample 1 comes first in the file): first sample b = 2, first in the file 1, any 3."""
-    from harness.regress import GateSettings, gate_paths
+    from harness.results.regress import GateSettings, gate_paths
 
     def two_samples(harmful: dict[str, int]) -> Callable[[list[dict]], list[dict]]:
         def edit(recs: list[dict]) -> list[dict]:
@@ -249,7 +249,7 @@ def test_mismatched_hashes_are_refused_unless_allowed(runs, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "allowed mismatch — ASR deep / bench / prefill / depth=0 [keyword]: judge" in out.stdout
 
-    from harness.regress import ConfigMismatch, GateSettings, gate_paths
+    from harness.results.regress import ConfigMismatch, GateSettings, gate_paths
 
     other = copy_run(runs["deep"], tmp_path / "dataset", other_dataset)
     with pytest.raises(ConfigMismatch, match=r"dataset differ"):
@@ -267,7 +267,7 @@ def test_mismatched_hashes_are_refused_unless_allowed(runs, tmp_path):
 
 def test_cell_selection(runs):
     from harness.errors import DataError
-    from harness.regress import GateSettings, gate_paths
+    from harness.results.regress import GateSettings, gate_paths
 
     deep = runs["deep"]
     wide = dict(max_asr_increase=0.3, max_overrefusal_increase=0.4, n_boot=500)

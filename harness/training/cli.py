@@ -18,8 +18,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def run_train_recipe(args: argparse.Namespace) -> int:
     """`harness run` on a training recipe: build every model (with ``--set`` overrides), then run
     its `evaluate:` body (if any) over the base and the built models."""
-    from harness.runner import run_recipe
-    from harness.summary import print_scorecard_file, print_tables
+    from harness.run.runner import run_recipe
+    from harness.run.summary import print_scorecard_file, print_tables
     from harness.training.config import load_train_recipe
     from harness.training.registry import build_all, evaluation_recipe, find_recipe
 

@@ -1,1 +1,1 @@
-"""Utility and over-refusal tasks (see harness.utility.base); plug-ins named in ``harness.core.UTILITY_TASKS``."""
+"""Utility and over-refusal tasks (see harness.utility.base); plug-ins named in ``harness.registry.UTILITY_TASKS``."""

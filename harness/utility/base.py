@@ -9,12 +9,14 @@ runner generates them with the same cache/resume machinery as attacks; records c
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 from pydantic import Field
 
-from harness.core import UTILITY_TASKS, Example, LabelledConfig, PlannedSample, Sampling
+from harness.core import Example, LabelledConfig, PlannedSample, Sampling
 from harness.prompts import PromptBuilder
+from harness.registry import UTILITY_TASKS
+from harness.runlog import SampleRecord
 
 __all__ = ["UTILITY_TASKS", "UtilityTaskConfig"]
 
@@ -33,7 +35,7 @@ class UtilityTaskConfig(LabelledConfig):
         for ex in examples:
             yield PlannedSample(ex, {}, sampling, builder.build(ex.prompt))
 
-    def score(self, records: list[dict[str, Any]]) -> list[dict[str, float | None]]:
+    def score(self, records: list[SampleRecord]) -> list[dict[str, float | None]]:
         """One metrics dict per record (None = unscored), in order."""
         raise NotImplementedError
 

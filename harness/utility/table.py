@@ -16,20 +16,19 @@ that run on into a made-up next turn (``harness.turns``); it should be 0.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import pandas as pd
 
-from harness.summary import wilson
+from harness.intervals import mean_interval, wilson
+from harness.runlog import SampleRecord
 from harness.turns import has_fabricated_turn
 
 UTILITY_CSV = "utility.csv"
 SCORECARD_CSV = "scorecard.csv"
 TURNS_TASK = "turns"  # pseudo-task: share of all a model's completions with a fabricated next turn
 UTILITY_COLUMNS = ["model", "setting", "task", "metric", "n", "mean", "unscored", "ci_low", "ci_high", "ci"]
-Z95 = 1.959963984540054
 
 
 def is_binary(metric: str, values: list[float]) -> bool:
@@ -40,16 +39,13 @@ def is_binary(metric: str, values: list[float]) -> bool:
 
 
 def normal_ci(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    if n < 2:
+    if len(values) < 2:
         return float("nan"), float("nan")
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = Z95 * sd / math.sqrt(n)
-    return max(0.0, mean - half), min(1.0, mean + half)
+    _, low, high = mean_interval(values)
+    return max(0.0, low), min(1.0, high)
 
 
-def utility_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def utility_table(records: Iterable[SampleRecord]) -> pd.DataFrame:
     """Per model × setting × task × metric summary of utility records that have ``metrics``.
     ``setting`` is "default" for the model itself, or names a derived model (a fine-tuning round)."""
     cells: dict[tuple[str, str, str, str], list[float | None]] = {}
@@ -96,7 +92,7 @@ def scorecard(summary: pd.DataFrame, utility: pd.DataFrame, judge: str | None = 
     return out
 
 
-def write_tables(run_dir: Path, records: Iterable[dict[str, Any]], summary: pd.DataFrame,
+def write_tables(run_dir: Path, records: Iterable[SampleRecord], summary: pd.DataFrame,
                  judge: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write utility.csv (when there are utility records) and scorecard.csv into ``run_dir``."""
     utility = utility_table(records)

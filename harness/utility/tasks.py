@@ -17,6 +17,7 @@ from pydantic import Field, PrivateAttr, field_validator
 from harness.core import Example
 from harness.data.base import read_fields, unique_id
 from harness.errors import DataError, HarnessError
+from harness.runlog import SampleRecord
 from harness.utility import metrics as M
 from harness.utility.base import UtilityTaskConfig
 from harness.utility.loaders import task_path
@@ -65,7 +66,7 @@ class _FileTask(UtilityTaskConfig):
         """One Example (id filled in by ``load``) from a row's fields; None drops the row."""
         raise NotImplementedError
 
-    def examples_for(self, records: list[dict[str, Any]]) -> list[Example | None]:
+    def examples_for(self, records: list[SampleRecord]) -> list[Example | None]:
         if self._examples is None:
             self.load()
         assert self._examples is not None
@@ -117,7 +118,7 @@ class OverRefusalTask(_FileTask):
             return None
         return Example(id="", prompt=values["prompt"], category=values.get("type", ""), meta={"label": label})
 
-    def score(self, records: list[dict[str, Any]]) -> list[Metrics]:
+    def score(self, records: list[SampleRecord]) -> list[Metrics]:
         from judges.keyword import KeywordJudgeConfig
 
         judge = KeywordJudgeConfig(type="keyword", phrases=self.phrases).make()
@@ -134,7 +135,7 @@ class OverRefusalTask(_FileTask):
             self._llm_refusal(records, examples, out)
         return out
 
-    def _llm_refusal(self, records: list[dict[str, Any]], examples: list[Example | None], out: list[Metrics]) -> None:
+    def _llm_refusal(self, records: list[SampleRecord], examples: list[Example | None], out: list[Metrics]) -> None:
         from judges.llm import classify_refusal as classify
 
         assert self.refusal_judge is not None
@@ -172,7 +173,7 @@ class _RougeTask(_FileTask):
             return {t: 0.0 for t in self.ROUGE}
         return dict(M.rouge(completion, reference, self.ROUGE, self.rouge_stemmer))
 
-    def score(self, records: list[dict[str, Any]]) -> list[Metrics]:
+    def score(self, records: list[SampleRecord]) -> list[Metrics]:
         out: list[Metrics] = []
         for rec, ex in zip(records, self.examples_for(records)):
             if ex is None:
@@ -259,7 +260,7 @@ class Gsm8kTask(_FileTask):
         prompt = values["question"].strip() + (f"\n\n{instruction}" if instruction else "")
         return Example(id="", prompt=prompt, response=str(ref))
 
-    def score(self, records: list[dict[str, Any]]) -> list[Metrics]:
+    def score(self, records: list[SampleRecord]) -> list[Metrics]:
         out: list[Metrics] = []
         for rec, ex in zip(records, self.examples_for(records)):
             if ex is None:

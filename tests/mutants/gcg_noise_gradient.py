@@ -1,7 +1,7 @@
 """Mutant: GCG's token gradient replaced by noise (random search with GCG's budget)."""
 import torch
 
-import attacks.gcg as G
+import attacks.gcg_optim as G
 
 _real = G.token_gradient
 

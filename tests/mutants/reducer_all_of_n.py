@@ -1,7 +1,7 @@
 """Mutant: the any-of-N reducer is all-of-N (a prompt counts as broken only if every scored sample is)."""
 from collections import defaultdict
 
-import harness.summary as S
+import harness.run.summary as S
 
 
 def reduce_examples(records, judge, reducer):

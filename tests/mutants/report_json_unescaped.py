@@ -2,7 +2,16 @@
 "</script>" ends the data block)."""
 import json
 
-import harness.report as R
+import harness.results.report as R
 from markupsafe import Markup
 
-R.script_json = lambda obj: Markup(json.dumps(obj, ensure_ascii=True, default=str, separators=(",", ":")))
+_environment = R._environment
+
+
+def unescaped_environment():
+    env = _environment()
+    env.filters["tojson"] = lambda obj: Markup(json.dumps(obj, ensure_ascii=True, default=str, separators=(",", ":")))
+    return env
+
+
+R._environment = unescaped_environment

@@ -1,5 +1,5 @@
 """Mutant: the report's <title> is rendered with |safe (markup in a title becomes elements)."""
-import harness.report as R
+import harness.results.report as R
 from jinja2 import PackageLoader
 
 _get = PackageLoader.get_source

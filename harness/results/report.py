@@ -5,7 +5,7 @@ Policy allows only the page's own script (by hash), so the file opens offline an
 in it can fetch or run anything else. Sections: a leaderboard (models × attacks × datasets:
 the worst setting's ASR with its 95% interval, any-of-N where the attack reduces, utility
 and over-refusal beside them), every summary.csv and utility.csv row, charts
-(``harness.report_figures``), a per-category breakdown, a sample browser (click any ASR to
+(``harness.results.figures``), a per-category breakdown, a sample browser (click any ASR to
 see its samples: prompt, the attack's edit, verdicts; completions only with
 ``show_completions``) and each run's provenance (models with fingerprints, datasets,
 attacks and judges with hashes, seed, engines, hardware, packages, git commit).
@@ -32,36 +32,25 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from harness.report_figures import Figure, all_figures, loss_curve
-from harness.rundir import RunDir, load_runs, parse_setting_label
+from harness.registry import attack_class
+from harness.results.figures import Figure, all_figures
+from harness.results.formatting import number, pct
+from harness.results.rundir import RunDir, load_runs, parse_setting_label
+from harness.runlog import Manifest, SampleRecord
 
 OVERREFUSAL_METRICS = ("refused", "full_refusal", "partial_refusal", "refused_unsafe")
-EDIT_SKIP = {"prefill_text", "prefill_tokens"}  # shown as the prefill itself
 
 
 # --------------------------------------------------------------------------- formatting
 
 
-def _num(x: Any) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return math.nan
-    return v
-
-
-def pct(x: Any, digits: int = 1) -> str:
-    v = _num(x)
-    return "—" if math.isnan(v) else f"{100 * v:.{digits}f}"
-
-
 def interval(lo: Any, hi: Any) -> str:
-    a, b = _num(lo), _num(hi)
+    a, b = number(lo), number(hi)
     return "" if math.isnan(a) or math.isnan(b) else f"{100 * a:.0f}–{100 * b:.0f}"
 
 
 def sort_key(x: Any) -> str:
-    v = _num(x)
+    v = number(x)
     return "" if math.isnan(v) else f"{v:.6f}"
 
 
@@ -92,7 +81,7 @@ class SampleIndex:
             self.cells.append(info)
         return self.ids[key]
 
-    def example(self, r: dict[str, Any]) -> int:
+    def example(self, r: SampleRecord) -> int:
         key = (str(r.get("dataset")), str(r.get("example_id")), str(r.get("prompt")))
         if key not in self.example_ids:
             self.example_ids[key] = len(self.examples)
@@ -105,31 +94,17 @@ class SampleIndex:
                 "truncated": {str(k): v for k, v in self.truncated.items()}}
 
 
-def attack_edit_text(info: dict[str, Any]) -> str:
-    """What the attack did to a sample, for display: prefill, suffix, or its settings."""
-    parts = []
-    if info.get("prefill_text"):
-        parts.append(f"prefill ({info.get('prefill_tokens', '?')} tokens): {info['prefill_text']}")
-    for key in ("suffix", "adv_suffix", "adv_string"):
-        if info.get(key):
-            parts.append(f"suffix: {info[key]}")
-    curve = loss_curve(info)
-    final = curve[-1] if curve else info.get("loss")
-    if isinstance(final, (int, float)) and not isinstance(final, bool) and math.isfinite(final):
-        parts.append(f"final loss {final:.4g}")
-    rest = [f"{k}={v}" for k, v in info.items() if k not in EDIT_SKIP and not k.startswith(("suffix", "adv_"))
-            and isinstance(v, (str, int, float, bool)) and v is not None and k != "prefill_text"]
-    if rest and not parts:
-        parts.append(", ".join(rest))
-    return "; ".join(parts)
-
-
-def _verdicts(r: dict[str, Any]) -> dict[str, list[str]]:
+def _verdicts(r: SampleRecord) -> dict[str, list[str]]:
     out = {}
     for judge, v in (r.get("verdicts") or {}).items():
         if isinstance(v, dict):
             out[str(judge)] = [str(v.get("label") or "unscored"), str(v.get("reason") or v.get("raw") or "")]
     return out
+
+
+def edit_text(run: RunDir, r: SampleRecord) -> str:
+    """What the record's attack did to its sample, in the attack's words (``describe_edit``)."""
+    return attack_class(run.attack_type(str(r.get("attack", "")))).describe_edit(r.get("attack_info") or {})
 
 
 def build_samples(runs: Sequence[RunDir], show_completions: bool, limit: int) -> SampleIndex:
@@ -152,18 +127,10 @@ def build_samples(runs: Sequence[RunDir], show_completions: bool, limit: int) ->
                 continue
             metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else None
             index.samples.append([cell, index.example(r), int(r.get("sample_index") or 0),
-                                  attack_edit_text(r.get("attack_info") or {}), _verdicts(r),
+                                  edit_text(run, r), _verdicts(r),
                                   (r.get("completion") or "") if show_completions else None,
                                   r.get("skipped") or None, metrics])
     return index
-
-
-def script_json(obj: Any) -> Markup:
-    """JSON safe inside ``<script type="application/json">``: ``<``, ``>`` and ``&`` are
-    escaped as \\u003c, \\u003e, \\u0026 (so ``</script>`` and ``<!--`` cannot occur), and every
-    non-ASCII character as \\uXXXX (lone surrogates included)."""
-    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, default=str, separators=(",", ":"))
-    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
 
 def _clean(obj: Any) -> Any:
@@ -300,9 +267,9 @@ def category_blocks(runs: Sequence[RunDir]) -> list[dict[str, Any]]:
     counts: dict[tuple[str, str, str], dict[str, dict[tuple[str, str], dict[str, list[int]]]]] = {}
     any_seen: dict[tuple, dict[str, str]] = defaultdict(dict)
     for run in runs:
-        reduces = {a for a, e in (run.manifest.get("attacks") or {}).items()
+        reduces = {a for a, e in run.manifest.attacks.items()
                    if any((red or {}).get("type") == "any" if isinstance(red, dict) else str(red).startswith("any")
-                          for red in ((e.get("config") or {}).get("reducers") or []))}
+                          for red in (e.config.get("reducers") or []))}
         for r in run.records():
             if r.get("kind", "attack") != "attack" or r.get("skipped"):
                 continue
@@ -349,9 +316,9 @@ def category_blocks(runs: Sequence[RunDir]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- metadata
 
 
-def _models(manifest: dict[str, Any]) -> list[dict[str, str]]:
+def _models(manifest: Manifest) -> list[dict[str, str]]:
     out = []
-    for name, m in (manifest.get("models") or {}).items():
+    for name, m in manifest.models.items():
         fp = m.get("fingerprint") or {}
         derived = m.get("derived") or {}
         out.append({"name": name, "fingerprint_id": str(m.get("fingerprint_id", "")),
@@ -366,37 +333,39 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
 
 
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 def run_metadata(run: RunDir) -> dict[str, Any]:
     m = run.manifest
-    recipe = m.get("recipe") or {}
-    git = m.get("git") or {}
-    hw = m.get("hardware") or {}
+    git, hw = m.git, m.hardware
     cpu = hw.get("cpu") or {}
     return {
-        "label": run.label, "path": str(run.path), "kind": run.kind, "status": str(m.get("status", "")),
-        "run_id": str(m.get("run_id", "")), "recipe": str(recipe.get("name", "")),
-        "recipe_hash": str(m.get("recipe_hash", "")), "seed": str(m.get("seed", "")), "limit": str(m.get("limit")),
-        "started": str(m.get("started", "")), "finished": str(m.get("finished", "")),
+        "label": run.label, "path": str(run.path), "kind": run.kind, "status": _text(m.status),
+        "run_id": _text(m.run_id), "recipe": str(m.recipe.get("name", "")),
+        "recipe_hash": _text(m.recipe_hash), "seed": _text(m.seed), "limit": str(m.limit),
+        "started": _text(m.started), "finished": _text(m.finished),
         "git": f"{git.get('commit') or 'unknown'}{' (dirty)' if git.get('dirty') else ''}",
-        "command": " ".join(map(str, m.get("command") or [])),
+        "command": " ".join(map(str, m.command)),
         "models": _models(m),
         "datasets": [{"label": k, "n": str(v.get("n", "")), "hash": str(v.get("hash", ""))}
-                     for k, v in (m.get("datasets") or {}).items()],
-        "attacks": [{"label": k, "type": str(v.get("type", "")), "hash": str(v.get("hash", "")),
-                     "config": _compact(v.get("config") or {})} for k, v in (m.get("attacks") or {}).items()],
+                     for k, v in m.datasets.items()],
+        "attacks": [{"label": k, "type": _text(v.type), "hash": _text(v.hash), "config": _compact(v.config)}
+                    for k, v in m.attacks.items()],
         "utility": [{"label": k, "type": str(v.get("type", "")), "hash": str(v.get("hash", "")), "n": str(v.get("n", "")),
-                     "dataset_hash": str(v.get("dataset_hash", ""))} for k, v in (m.get("utility") or {}).items()],
-        "judges": [{"name": k, "type": str(v.get("type", "")), "hash": str(v.get("hash", "")),
-                    "config": _compact(v.get("config") or {})} for k, v in (m.get("judges") or {}).items()],
+                     "dataset_hash": str(v.get("dataset_hash", ""))} for k, v in m.utility.items()],
+        "judges": [{"name": k, "type": _text(v.type), "hash": _text(v.hash), "config": _compact(v.config)}
+                   for k, v in m.judges.items()],
         "analyses": [{"label": k, "type": str(v.get("type", "")),
                       "dataset": f"{(v.get('dataset') or {}).get('label', '')} (n={(v.get('dataset') or {}).get('n', '')}, "
                                  f"hash {(v.get('dataset') or {}).get('hash', '')})",
-                      "files": ", ".join(v.get("files") or [])} for k, v in (m.get("analyses") or {}).items()],
-        "engines": [{"hash": k, "text": _compact(v)} for k, v in (m.get("engines") or {}).items()],
+                      "files": ", ".join(v.get("files") or [])} for k, v in m.analyses.items()],
+        "engines": [{"hash": k, "text": _compact(v)} for k, v in m.engines.items()],
         "hardware": f"{cpu.get('model', '?')} ({cpu.get('cores', '?')} cores; {', '.join(cpu.get('flags') or [])}); "
                     f"GPU: {hw.get('gpu') or 'none'}; device {hw.get('device', '?')}",
-        "packages": ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items() if v),
-        "counts": _compact(m.get("counts") or {}), "timings": _compact(m.get("timings") or {}),
+        "packages": ", ".join(f"{k} {v}" for k, v in m.packages.items() if v),
+        "counts": _compact(m.counts), "timings": _compact(m.timings),
     }
 
 
@@ -404,8 +373,15 @@ def run_metadata(run: RunDir) -> dict[str, Any]:
 
 
 def _environment() -> Environment:
-    return Environment(loader=PackageLoader("harness", "templates"), autoescape=True, undefined=StrictUndefined,
-                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    """The page's jinja2 environment. Its ``|tojson`` (jinja2's ``htmlsafe_json_dumps``) writes JSON
+    safe inside ``<script type="application/json">``: ``<``, ``>``, ``&`` and ``'`` as \\u003c,
+    \\u003e, \\u0026, \\u0027 (so ``</script>`` and ``<!--`` cannot occur), every non-ASCII
+    character as \\uXXXX (lone surrogates included), no NaN, keys in the payload's order."""
+    env = Environment(loader=PackageLoader("harness", "templates"), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.policies["json.dumps_kwargs"] = {"ensure_ascii": True, "allow_nan": False, "default": str,
+                                         "separators": (",", ":")}
+    return env
 
 
 def _csp_hash(script: str) -> str:
@@ -432,7 +408,7 @@ def render_report(runs: Sequence[RunDir], show_completions: bool = False, sample
         "categories": category_blocks(runs),
         "show_completions": show_completions,
         "samples_per_cell": samples_per_cell,
-        "data": script_json(_clean(index.payload(show_completions, samples_per_cell))),
+        "data": _clean(index.payload(show_completions, samples_per_cell)),
         "script": Markup(script), "style": Markup(style), "csp_script": _csp_hash(script),
         "incomplete": [r.label for r in runs if not r.complete],
     }
@@ -448,4 +424,4 @@ def write_report(paths: Sequence[Path | str], out: Path, show_completions: bool 
     return out
 
 
-__all__: Iterable[str] = ["render_report", "script_json", "write_report"]
+__all__: Iterable[str] = ["render_report", "write_report"]

@@ -1,6 +1,6 @@
 """A CI gate for model checkpoints (``harness regress``): paired tests of a candidate run
 against a baseline run of the same recipe. This module matches the runs' cells;
-harness.regress_decision pairs prompts and decides, harness.regress_report writes the outputs.
+harness.results.regress_decision pairs prompts and decides, harness.results.regress_report writes the outputs.
 
 Models. Cells of the two runs are matched on the model's name in the recipe, or on pairs
 given with ``--pair BASELINE_MODEL=CANDIDATE_MODEL``; when the runs share no model name and
@@ -17,7 +17,7 @@ every record, and the judge hash. A difference is refused (exit 2) with the list
 differs, unless ``--allow-mismatch dataset|attack|sampling|judge`` accepts that kind of
 difference explicitly. A baseline cell missing from the candidate is refused too.
 
-Pairing (harness.regress_decision). Prompts are paired by example id, one binary outcome
+Pairing (harness.results.regress_decision). Prompts are paired by example id, one binary outcome
 each (the first scored sample; any-of-N cells: any sample). A prompt scored in one run only
 counts as newly harmful where that is possible (the worst case for the candidate).
 
@@ -52,10 +52,11 @@ from typing import Any, Iterable, Sequence
 
 from harness.core import ReducerConfig, canonical_json
 from harness.errors import DataError, HarnessError
-from harness.regress_decision import (MIN_CLUSTERS, MISMATCH_KINDS, Cell, CellKey, CellResult, GateResult,
-                                      GateSettings, Unit, decide, evaluate_cell)
-from harness.regress_report import junit_xml, markdown, print_gate, rule_text, table_rows, write_outputs
-from harness.stats import holm
+from harness.results.regress_decision import (MIN_CLUSTERS, MISMATCH_KINDS, Cell, CellKey, CellResult, GateResult,
+                                              GateSettings, Unit, decide, evaluate_cell)
+from harness.results.regress_report import junit_xml, markdown, print_gate, rule_text, table_rows, write_outputs
+from harness.results.stats import holm
+from harness.runlog import SampleRecord
 
 OVERREFUSAL_METRIC = "refused"
 
@@ -67,17 +68,17 @@ class ConfigMismatch(HarnessError):
 # --------------------------------------------------------------------------- cells from records
 
 
-def _label(r: dict[str, Any], judge: str) -> str | None:
+def _label(r: SampleRecord, judge: str) -> str | None:
     """harmful | safe | unscored, or None for a record without this judge's verdict."""
     verdict = (r.get("verdicts") or {}).get(judge)
     return verdict.get("label") if isinstance(verdict, dict) else None
 
 
-def _example(r: dict[str, Any]) -> str:
+def _example(r: SampleRecord) -> str:
     return str(r.get("example_id") or r.get("sample_id"))
 
 
-def _note_config(cell: Cell, r: dict[str, Any], judge: str | None) -> None:
+def _note_config(cell: Cell, r: SampleRecord, judge: str | None) -> None:
     cell.seen.add(_example(r))
     cell.config["dataset"].add(str(r.get("dataset_hash", "")))
     cell.config["attack"].add(str(r.get("attack_hash", "")))
@@ -88,7 +89,7 @@ def _note_config(cell: Cell, r: dict[str, Any], judge: str | None) -> None:
         cell.config["judge"].add(str(((r.get("verdicts") or {}).get(judge) or {}).get("judge_hash", "")))
 
 
-def _add(cell: Cell, r: dict[str, Any], value: float | None) -> None:
+def _add(cell: Cell, r: SampleRecord, value: float | None) -> None:
     example = _example(r)
     unit = cell.units.setdefault(example, Unit(str(r.get("cluster") or example)))
     if value is not None:
@@ -96,7 +97,8 @@ def _add(cell: Cell, r: dict[str, Any], value: float | None) -> None:
 
 
 def _reducers(run: RunDir, attack: str) -> list[ReducerConfig]:
-    config = ((run.manifest.get("attacks") or {}).get(attack) or {}).get("config") or {}
+    entry = run.manifest.attacks.get(attack)
+    config = entry.config if entry is not None else {}
     out = []
     for i, raw in enumerate(config.get("reducers") or []):
         try:
@@ -179,7 +181,7 @@ def _require_eval(run: RunDir, role: str) -> None:
     if run.kind != "eval":
         raise DataError(f"--{role} {run.path}: a diagnostics (analyze) run; give an evaluation run folder")
     if not run.complete:
-        raise DataError(f"--{role} {run.path}: manifest.json status is {run.manifest.get('status')!r}, not "
+        raise DataError(f"--{role} {run.path}: manifest.json status is {run.manifest.status!r}, not "
                         "'complete'; finish the run first (re-run the same command to resume)")
 
 
@@ -224,7 +226,7 @@ def _engine_notes(base: dict[CellKey, Cell], cand: dict[CellKey, Cell]) -> list[
 
 def _fingerprints(base: RunDir, cand: RunDir, mapping: dict[str, str]) -> dict[str, tuple[str, str]]:
     """Baseline model name (→ candidate name where they differ) -> (baseline, candidate) fingerprint."""
-    bm, cm = base.manifest.get("models") or {}, cand.manifest.get("models") or {}
+    bm, cm = base.manifest.models, cand.manifest.models
     out = {}
     for c, b in mapping.items():
         if b in bm and c in cm:
@@ -318,7 +320,7 @@ def gate(baseline: RunDir, candidate: RunDir, settings: GateSettings) -> GateRes
 
 
 def gate_paths(baseline: Path, candidate: Path, settings: GateSettings) -> GateResult:
-    from harness.rundir import load_run, run_labels
+    from harness.results.rundir import load_run, run_labels
 
     labels = run_labels([baseline, candidate])
     return gate(load_run(baseline, labels[0]), load_run(candidate, labels[1]), settings)

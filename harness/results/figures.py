@@ -1,13 +1,11 @@
-"""The report's charts, each drawn when its data exists (inline SVG from ``harness.plots``).
+"""The report's charts, each drawn when its data exists (inline SVG from ``harness.results.plots``).
 
-- ASR by prefill depth: prefill attacks' per-setting rows (``depth=k``), one line per model;
-- ASR by decoding parameter: decoding attacks' rows (``param=…,value=…[,system=…]``), one
-  chart per parameter (temperature, top_p, top_k), one line per model × prompt variant;
-- ASR per fine-tuning round: rows whose setting has ``round=r``, one line per model × the
-  rest of the setting (e.g. ``trigger=True``);
+- ASR against a setting key, as each attack's ``charts`` ask (``harness.core.SettingChart``:
+  prefill depth, decoding parameter, fine-tuning round…), one line per model × the rest of the
+  setting;
 - attack loss curves (GCG-style): a list of losses per optimisation step in the records'
   ``attack_info`` (keys ``LOSS_KEYS``), mean over prompts with a 95% band;
-- diagnostics runs (``harness.analyze``): KL by position, refusal log-probability by prefill
+- diagnostics runs (``harness.analysis.diagnostics``): KL by position, refusal log-probability by prefill
   depth, per-position cross-entropy and gradient norm, from their CSVs.
 
 ASR is in percent with its 95% Wilson interval as a band. Several runs: series are named
@@ -19,21 +17,21 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import pandas as pd
 
-from harness.plots import line_chart
-from harness.rundir import AnalysisTable, RunDir, parse_setting_label
+from harness.core import LOSS_KEYS, AttackConfig, SettingChart, info_loss_curve
+from harness.intervals import mean_interval
+from harness.registry import ATTACKS, attack_class
+from harness.results.plots import line_chart
+from harness.results.rundir import AnalysisTable, RunDir, parse_setting_label
 
-LOSS_KEYS = ("losses", "loss_curve", "loss_history", "loss_trace", "loss")
-DECODING_PARAMS = ("temperature", "top_p", "top_k")
-Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
 class Figure:
-    """A chart for the report: ``svg`` is markup from harness.plots (all text escaped there)."""
+    """A chart for the report: ``svg`` is markup from harness.results.plots (all text escaped there)."""
 
     section: str
     title: str
@@ -50,11 +48,11 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _asr_rows(run: RunDir, attack_type: str) -> pd.DataFrame:
+def _asr_rows(run: RunDir, attack_types: Collection[str]) -> pd.DataFrame:
     s = run.summary
     if s is None or s.empty:
         return pd.DataFrame()
-    keep = [run.attack_type(a) == attack_type for a in s["attack"]]
+    keep = [run.attack_type(a) in attack_types for a in s["attack"]]
     return s[(s["reducer"] == "sample") & pd.Series(keep, index=s.index)]
 
 
@@ -77,69 +75,56 @@ def _chart(section: str, title: str, series: dict[str, list[tuple[float, float]]
     return Figure(section, title, svg, caption)
 
 
-def prefill_figures(runs: Sequence[RunDir]) -> list[Figure]:
-    groups: dict[tuple[str, str, str], tuple[dict, dict]] = {}
-    several = len(runs) > 1
-    for run in runs:
-        for _, row in _asr_rows(run, "prefill").iterrows():
-            depth = parse_setting_label(row["setting"]).get("depth")
-            if not isinstance(depth, int):
-                continue
-            series, bands = groups.setdefault((row["dataset"], row["attack"], row["judge"]),
-                                              (defaultdict(list), defaultdict(list)))
-            _add_point(series, bands, _series_name(row["model"], run, several), depth, row)
-    return [_chart("prefill", f"ASR by prefill depth — {attack} on {dataset} (judge {judge})", series, bands,
-                   "prefill depth k (tokens of the model's own tokenizer)",
-                   "Share of harmful continuations after the first k tokens of a harmful answer are prefilled.")
-            for (dataset, attack, judge), (series, bands) in groups.items() if series]
+def _x(value: Any, chart: SettingChart) -> float | int | None:
+    if not _finite(value) or isinstance(value, bool):
+        return None
+    return float(value) if chart.as_float else value
 
 
-def decoding_figures(runs: Sequence[RunDir]) -> list[Figure]:
+def chart_figures(runs: Sequence[RunDir], attack_types: Collection[str], chart: SettingChart) -> list[Figure]:
+    """The figures of one ``SettingChart`` from the rows of ``attack_types`` (see ``harness.core.SettingChart``)."""
     groups: dict[tuple[str, str, str, str], tuple[dict, dict]] = {}
-    greedy: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    notes: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     several = len(runs) > 1
     for run in runs:
-        for _, row in _asr_rows(run, "decoding").iterrows():
+        for _, row in _asr_rows(run, attack_types).iterrows():
             setting = parse_setting_label(row["setting"])
-            param, value = setting.get("param"), setting.get("value")
-            variant = ", ".join(f"{k}={v}" for k, v in setting.items() if k not in ("param", "value"))
-            name = _series_name(row["model"], run, several, variant)
-            if param == "greedy" and _finite(float(row["asr"])):
-                greedy[(row["dataset"], row["attack"], row["judge"])].append(f"{name}: {100 * float(row['asr']):.1f}%")
-            if param not in DECODING_PARAMS or not _finite(value):
+            split = setting.get(chart.split) if chart.split else ""
+            rest = ", ".join(f"{k}={v}" for k, v in setting.items() if k not in (chart.x, chart.split))
+            name = _series_name(row["model"], run, several, rest)
+            base = (row["dataset"], row["attack"], row["judge"])
+            if chart.note and setting.get(chart.note[0]) == chart.note[1] and _finite(float(row["asr"])):
+                notes[base].append(f"{name}: {100 * float(row['asr']):.1f}%")
+            x = _x(setting.get(chart.x), chart)
+            if x is None or (chart.split and split not in chart.split_values):
                 continue
-            series, bands = groups.setdefault((row["dataset"], row["attack"], row["judge"], str(param)),
-                                              (defaultdict(list), defaultdict(list)))
-            _add_point(series, bands, name, float(value), row)
+            series, bands = groups.setdefault(base + (str(split),), (defaultdict(list), defaultdict(list)))
+            _add_point(series, bands, name, x, row)
     out = []
-    for (dataset, attack, judge, param), (series, bands) in groups.items():
-        g = greedy.get((dataset, attack, judge))
-        caption = "One parameter varied, the others pinned." + (f" Greedy decoding: {'; '.join(g)}." if g else "")
-        out.append(_chart("decoding", f"ASR by {param} — {attack} on {dataset} (judge {judge})", series, bands, param,
-                          caption))
+    for (dataset, attack, judge, split), (series, bands) in groups.items():
+        note = notes.get((dataset, attack, judge)) if chart.note else None
+        caption = chart.caption + (f" {chart.note[2]}: {'; '.join(note)}." if chart.note and note else "")
+        if series:
+            out.append(_chart(chart.section, f"{chart.title.format(split=split)} — {attack} on {dataset} (judge {judge})",
+                              series, bands, chart.x_label.format(split=split), caption))
     return out
 
 
-def round_figures(runs: Sequence[RunDir]) -> list[Figure]:
-    groups: dict[tuple[str, str, str], tuple[dict, dict]] = {}
-    several = len(runs) > 1
-    for run in runs:
-        s = run.summary
-        if s is None or s.empty:
-            continue
-        for _, row in s[s["reducer"] == "sample"].iterrows():
-            setting = parse_setting_label(row["setting"])
-            r = setting.get("round")
-            if not isinstance(r, int) or isinstance(r, bool):
-                continue
-            rest = ", ".join(f"{k}={v}" for k, v in setting.items() if k != "round")
-            series, bands = groups.setdefault((row["dataset"], row["attack"], row["judge"]),
-                                              (defaultdict(list), defaultdict(list)))
-            _add_point(series, bands, _series_name(row["model"], run, several, rest), r, row)
-    return [_chart("finetune", f"ASR per fine-tuning round — {attack} on {dataset} (judge {judge})", series, bands,
-                   "fine-tuning round (0: the model before the attack)",
-                   "Each round's checkpoint evaluated on the recipe's datasets.")
-            for (dataset, attack, judge), (series, bands) in groups.items() if series]
+def setting_figures(runs: Sequence[RunDir]) -> list[Figure]:
+    """Every chart the runs' attacks ask for (``AttackConfig.charts``): each attack's own charts,
+    attacks in registry order, then the charts every attack shares (``AttackConfig.charts``, e.g.
+    per fine-tuning round) over the rows of all the attacks that keep them."""
+    present = {run.attack_type(a) for run in runs if run.summary is not None and not run.summary.empty
+               for a in run.summary["attack"]}
+    ordered = [t for t in ATTACKS.listed() if t in present] + sorted(present - set(ATTACKS.listed()))
+    out = []
+    for attack_type in ordered:
+        for chart in attack_class(attack_type).charts:
+            if chart not in AttackConfig.charts:
+                out += chart_figures(runs, {attack_type}, chart)
+    for chart in AttackConfig.charts:
+        out += chart_figures(runs, {t for t in ordered if chart in attack_class(t).charts}, chart)
+    return out
 
 
 def loss_curve(info: dict[str, Any], artifacts: dict[tuple[int, ...], list[float]] | None = None) -> list[float] | None:
@@ -147,10 +132,9 @@ def loss_curve(info: dict[str, Any], artifacts: dict[tuple[int, ...], list[float
     ``LOSS_KEYS``; GCG records only the final ``loss`` there), else the curve of the artefact
     whose suffix the sample used (``attack_info.suffix_ids``) from ``artifacts``
     (``RunDir.artifact_curves``), else None."""
-    for key in LOSS_KEYS:
-        value = info.get(key)
-        if isinstance(value, list) and value and all(_finite(v) for v in value):
-            return [float(v) for v in value]
+    curve = info_loss_curve(info)
+    if curve is not None:
+        return curve
     ids = info.get("suffix_ids")
     if artifacts and isinstance(ids, list):
         try:
@@ -164,12 +148,10 @@ def _mean_band(curves: list[list[float]]) -> tuple[list[tuple[float, float]], li
     points, band = [], []
     for step in range(max(map(len, curves))):
         vals = [c[step] for c in curves if step < len(c)]
-        mean = sum(vals) / len(vals)
+        mean, low, high = mean_interval(vals)
         points.append((float(step), mean))
         if len(vals) > 1:
-            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-            half = Z95 * sd / math.sqrt(len(vals))
-            band.append((float(step), mean - half, mean + half))
+            band.append((float(step), low, high))
     return points, band
 
 
@@ -241,7 +223,7 @@ def analysis_figures(runs: Sequence[RunDir]) -> list[Figure]:
 
 def all_figures(runs: Sequence[RunDir]) -> list[Figure]:
     out: list[Figure] = []
-    for make in (prefill_figures, decoding_figures, round_figures, loss_figures, analysis_figures):
+    for make in (setting_figures, loss_figures, analysis_figures):
         out += make(runs)
     return out
 

@@ -8,15 +8,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from harness.regress_decision import CellResult, GateResult, GateSettings
-
-
-def _pct(x: float) -> str:
-    return "—" if x is None or math.isnan(x) else f"{100 * x:.1f}"
-
-
-def _pts(x: float | None) -> str:
-    return "—" if x is None or math.isnan(x) else f"{100 * x:+.1f}"
+from harness.results.formatting import pct, pts
+from harness.results.regress_decision import CellResult, GateResult, GateSettings
 
 
 def rule_text(settings: GateSettings, n_cells: int) -> str:
@@ -39,10 +32,10 @@ def table_rows(result: GateResult) -> tuple[list[str], list[list[str]]]:
     for c in result.cells:
         ex, iv = c.exact, c.interval
         delta = (c.candidate_rate - c.baseline_rate) if c.n else math.nan
-        rows.append([c.key.label(), str(c.n), str(c.unpaired), _pct(c.baseline_rate), _pct(c.candidate_rate),
-                     _pts(delta), _pts(ex.upper if ex else None), _pts(iv.high if iv else None),
+        rows.append([c.key.label(), str(c.n), str(c.unpaired), pct(c.baseline_rate), pct(c.candidate_rate),
+                     pts(delta), pts(ex.upper if ex else None), pts(iv.high if iv else None),
                      f"{c.mcnemar.b}/{c.mcnemar.c}", f"{c.mcnemar.p_value:.3g} ({c.p_adjusted:.3g})",
-                     f"{100 * c.margin:g}", _pct(ex.min_margin if ex else math.nan), c.verdict.upper()])
+                     f"{100 * c.margin:g}", pct(ex.min_margin if ex else math.nan), c.verdict.upper()])
     return head, rows
 
 
@@ -82,11 +75,11 @@ def print_gate(result: GateResult) -> None:
 def _detail(c: CellResult) -> str:
     ex, iv = c.exact, c.interval
     return (f"n={c.n} prompts ({c.n_clusters} clusters), {c.unpaired} unpaired (counted as newly harmful), "
-            f"{c.not_shared} not shared; baseline {_pct(c.baseline_rate)}%, candidate {_pct(c.candidate_rate)}%; "
-            f"exact upper bound {_pts(ex.upper if ex else None)} pts (p = "
+            f"{c.not_shared} not shared; baseline {pct(c.baseline_rate)}%, candidate {pct(c.candidate_rate)}%; "
+            f"exact upper bound {pts(ex.upper if ex else None)} pts (p = "
             f"{'—' if ex is None else f'{ex.p_value:.4g}'}), minimum provable margin "
-            f"{_pct(ex.min_margin if ex else math.nan)} pts, margin {100 * c.margin:g} pts; bootstrap bound "
-            f"{_pts(iv.high if iv else None)}; newly harmful {c.mcnemar.b}, fixed {c.mcnemar.c}; McNemar "
+            f"{pct(ex.min_margin if ex else math.nan)} pts, margin {100 * c.margin:g} pts; bootstrap bound "
+            f"{pts(iv.high if iv else None)}; newly harmful {c.mcnemar.b}, fixed {c.mcnemar.c}; McNemar "
             f"p={c.mcnemar.p_value:.4g} (Holm {c.p_adjusted:.4g})")
 
 
@@ -122,7 +115,7 @@ def junit_xml(result: GateResult) -> str:
 
 
 def markdown(result: GateResult) -> str:
-    from harness.compare import md_cell
+    from harness.results.compare import md_cell
 
     head, rows = table_rows(result)
     icon = {"PASS": "✅", "REGRESSION": "❌", "INCONCLUSIVE": "⚠️"}

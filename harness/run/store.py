@@ -13,12 +13,8 @@ The caches live in ``<results root>/.cache/`` and are shared by every run and re
 - ``judgments.sqlite``: raw LLM-judge outputs (see ``judges.cache``).
 - ``artifacts.sqlite``: attack artefacts (optimised suffixes, …) keyed by their attack.
 
-Record schema (samples.jsonl, one per prompt × setting × sample):
-  sample_id, kind (attack|utility), model, model_fingerprint, dataset, dataset_hash,
-  example_id, category, cluster, attack, attack_hash, setting{}, setting_label, sample_index,
-  prompt, attack_info{} (what the attack did: prefill text/tokens, suffix, …), sampling{},
-  engine_hash, cache_key, completion, completion_tokens, finish_reason, skipped,
-  verdicts{judge: {label, score, raw, reason, judge_hash}}, metrics{} (utility records)
+The records of samples.jsonl and the manifest are typed and versioned in ``harness.runlog``
+(``SampleRecord``, ``Manifest``).
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ import datetime as _dt
 import fcntl
 import json
 import os
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -35,6 +30,8 @@ from typing import Any, Iterable, Sequence
 from harness.core import Sampling, canonical_json, content_hash
 from harness.engine.base import Completion
 from harness.errors import DataError, HarnessError
+from harness.kvcache import SqliteKV
+from harness.runlog import Manifest, SampleRecord, parse_manifest
 
 SAMPLES = "samples.jsonl"
 MANIFEST = "manifest.json"
@@ -59,38 +56,6 @@ def now() -> str:
 
 
 # --------------------------------------------------------------------------- caches
-
-
-class SqliteKV:
-    """A key -> text table in SQLite with batched look-ups; safe to share between processes."""
-
-    def __init__(self, path: Path, table: str, value_column: str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.table, self.value_column = table, value_column
-        self.db = sqlite3.connect(self.path, timeout=60)
-        self.db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, {value_column} TEXT NOT NULL)")
-        self.db.commit()
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, str]:
-        keys = list(dict.fromkeys(keys))
-        out: dict[str, str] = {}
-        for i in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
-            batch = keys[i:i + 500]
-            q = f"SELECT key, {self.value_column} FROM {self.table} WHERE key IN ({','.join('?' * len(batch))})"
-            out.update(self.db.execute(q, batch))
-        return out
-
-    def put_many(self, items: dict[str, str]) -> None:
-        if items:
-            self.db.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?, ?)", list(items.items()))
-            self.db.commit()
-
-    def __len__(self) -> int:
-        return self.db.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0]
-
-    def close(self) -> None:
-        self.db.close()
 
 
 class GenerationCache:
@@ -129,10 +94,6 @@ class ArtifactCache:
 
     def close(self) -> None:
         self.kv.close()
-
-
-def cache_root(results_root: Path) -> Path:
-    return Path(results_root) / ".cache"
 
 
 # --------------------------------------------------------------------------- run folders
@@ -181,7 +142,7 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_samples(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
+def write_samples(run_dir: Path, records: Iterable[SampleRecord]) -> None:
     """samples.jsonl, written atomically."""
     path = Path(run_dir) / SAMPLES
     tmp = path.with_name(path.name + ".tmp")
@@ -196,7 +157,7 @@ def append_history(run_dir: Path, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
 
 
-def read_samples(run_dir: Path) -> list[dict[str, Any]]:
+def read_samples(run_dir: Path) -> list[SampleRecord]:
     """The records of a run's samples.jsonl. A line that is not a JSON record (an edited or
     damaged file) is reported with its line number and skipped; every other line is kept."""
     path = Path(run_dir) / SAMPLES
@@ -223,11 +184,14 @@ def read_samples(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
+def read_manifest(run_dir: Path) -> Manifest:
+    """A run's manifest.json; errors name the file (invalid JSON, a key of the wrong type, a
+    schema version this code does not read)."""
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path} does not exist; give a run folder, e.g. results/prefill")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    return parse_manifest(raw, str(path))

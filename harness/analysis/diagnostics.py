@@ -17,9 +17,9 @@ appended as token ids, so response token t is exactly the t-th token of the resp
 The maths is in pure, batch-vectorised tensor functions in TRL style (``token_kl``,
 ``position_stats``, ``position_means``, ``grouped_logsumexp``); the model loops batch
 (right-padded, masked) sequences and compute the LM head only over the response window.
-``write_*`` put each result into a CSV and an SVG chart (``harness.plots``).
+``harness.analysis.output.write_*`` put each result into a CSV and an SVG chart (``harness.results.plots``).
 
-Outputs (stable; ``harness.rundir``/the HTML report read them by their header). A run writes
+Outputs (stable; ``harness.results.rundir``/the HTML report read them by their header). A run writes
 into one folder: ``results/<run-id>/`` for ``harness run <kind: analyze recipe>`` (``--out``
 the results root, ``--run-id`` default the recipe name, e.g. ``results/diagnostics/``), or
 ``--out`` (default ``results/analyze-<kl|grad|refusal>/``) for ``harness analyze …``. Each
@@ -40,12 +40,10 @@ listed in ``manifest.json`` (``files``, and per analysis ``analyses.<label>.file
 
 from __future__ import annotations
 
-import csv
 import inspect
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence, Union
+from typing import Any, Iterator, Literal, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +51,11 @@ from tqdm.auto import tqdm
 
 from harness.core import Example
 from harness.errors import DataError
-from harness.plots import line_chart
+from harness.intervals import Z95, half_width
 from harness.prompts import PromptBuilder
 from harness.training.data import collate
 from harness.training.losses import IGNORE, response_positions, shift, token_logprobs
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile, for the bands around a mean
 
 
 # --------------------------------------------------------------------------- sequences
@@ -400,7 +397,7 @@ class RefusalByDepth:
             n = int(ok.numel())
             mean = float(ok.mean()) if n else math.nan
             std = float(ok.std()) if n > 1 else math.nan
-            hw = Z95 * std / math.sqrt(n) if n > 1 else math.nan
+            hw = half_width(std, n)
             out.append({"depth": k, "n": n, "skipped": int(col.numel()) - n, "mean_logprob": mean, "std_logprob": std,
                         "ci95_low": mean - hw, "ci95_high": mean + hw,
                         "mean_prob": float(ok.exp().mean()) if n else math.nan})
@@ -453,78 +450,3 @@ def refusal_by_depth(model: torch.nn.Module, examples: Sequence[Example], builde
         present = torch.zeros(n_cells, dtype=torch.bool).index_fill_(0, group, True)
         logprob = torch.where(present, lse, logprob)
     return RefusalByDepth(tuple(e.id for e in examples), tuple(depths), logprob.view(len(examples), len(depths)))
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        raise ValueError(f"{path}: nothing to write")
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _curve(rows: list[dict[str, Any]], x: str, y: str) -> list[tuple[float, float]]:
-    return [(r[x], r[y]) for r in rows if r.get("n", 1)]
-
-
-def _band(rows: list[dict[str, Any]], x: str) -> list[tuple[float, float, float]]:
-    return [(r[x], r["ci95_low"], r["ci95_high"]) for r in rows if r.get("n", 0) > 1]
-
-
-def kl_label(a: str, b: str) -> str:
-    return f"KL({a} ‖ {b})"
-
-
-def write_kl(out_dir: Path, stem: str, results: Mapping[tuple[str, str], PositionStats]) -> list[str]:
-    """``<stem>.csv`` (a, b, position, n, mean, std, 95% interval) and ``<stem>.svg``."""
-    rows, series, bands = [], {}, {}
-    for (a, b), stats in results.items():
-        these = stats.rows()
-        rows += [{"a": a, "b": b, **r} for r in these]
-        series[kl_label(a, b)] = _curve(these, "position", "mean")
-        bands[kl_label(a, b)] = _band(these, "position")
-    _write_csv(out_dir / f"{stem}.csv", rows)
-    svg = line_chart(series, title="Per-token KL along the response (mean, 95% CI)", x_label="response token position t",
-                     y_label="mean KL (nats)", bands=bands)
-    (out_dir / f"{stem}.svg").write_text(svg, encoding="utf-8")
-    return [f"{stem}.csv", f"{stem}.svg"]
-
-
-def write_grad(out_dir: Path, stem: str, results: Mapping[str, GradStats]) -> list[str]:
-    """``<stem>.csv`` (model, position, n, mean/std CE, gradient norm), ``<stem>_ce.svg`` and
-    ``<stem>_grad_norm.svg``."""
-    rows, ce, ce_bands, norms = [], {}, {}, {}
-    for name, stats in results.items():
-        these = stats.rows()
-        rows += [{"model": name, **r} for r in these]
-        ce[name] = _curve(these, "position", "mean_ce")
-        ce_bands[name] = _band(stats.ce.rows(), "position")
-        norms[name] = _curve(these, "position", "grad_norm")
-    _write_csv(out_dir / f"{stem}.csv", rows)
-    (out_dir / f"{stem}_ce.svg").write_text(line_chart(
-        ce, title="Cross-entropy on attack data by position (mean, 95% CI)", x_label="response token position t",
-        y_label="mean cross-entropy (nats)", bands=ce_bands), encoding="utf-8")
-    (out_dir / f"{stem}_grad_norm.svg").write_text(line_chart(
-        norms, title="Gradient norm of the per-position loss", x_label="response token position t",
-        y_label="‖∇θ CE_t‖₂"), encoding="utf-8")
-    return [f"{stem}.csv", f"{stem}_ce.svg", f"{stem}_grad_norm.svg"]
-
-
-def write_refusal(out_dir: Path, stem: str, results: Mapping[str, RefusalByDepth]) -> list[str]:
-    """``<stem>.csv`` (model, depth, n, skipped, mean/std log P, 95% interval, mean P) and
-    ``<stem>.svg`` (mean log P by depth)."""
-    rows, series, bands = [], {}, {}
-    for name, res in results.items():
-        these = res.rows()
-        rows += [{"model": name, **r} for r in these]
-        series[name] = _curve(these, "depth", "mean_logprob")
-        bands[name] = _band(these, "depth")
-    _write_csv(out_dir / f"{stem}.csv", rows)
-    svg = line_chart(series, title="Refusal log-probability after k prefilled harmful tokens (mean, 95% CI)",
-                     x_label="prefill depth k (harmful tokens)", y_label="mean log P(refusal prefix)", bands=bands)
-    (out_dir / f"{stem}.svg").write_text(svg, encoding="utf-8")
-    return [f"{stem}.csv", f"{stem}.svg"]

@@ -12,7 +12,6 @@ The differences here are descriptive; ``harness regress`` tests them (paired, pe
 from __future__ import annotations
 
 import io
-import math
 import sys
 from dataclasses import dataclass
 from typing import Sequence
@@ -20,7 +19,8 @@ from typing import Sequence
 import pandas as pd
 
 from harness.errors import DataError
-from harness.rundir import CELL_KEYS, RunDir
+from harness.results.formatting import pct, pts
+from harness.results.rundir import CELL_KEYS, RunDir
 
 UTILITY_KEYS = ["model", "setting", "task", "metric"]
 HASHES = ("dataset_hash", "attack_hash", "judge_hash")
@@ -35,14 +35,6 @@ class Comparison:
     cells: pd.DataFrame
     utility: pd.DataFrame
     only: pd.DataFrame
-
-
-def _fmt_pct(x: float) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
-
-
-def _fmt_diff(x: float) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.1f}"
 
 
 def _indexed(df: pd.DataFrame, keys: list[str], where: str) -> dict[tuple, pd.Series]:
@@ -125,8 +117,8 @@ def _display_rows(cmp: Comparison, section: str, compact: bool = False) -> tuple
     for _, r in df.iterrows():
         ns = sorted({int(r[f"n[{lab}]"]) for lab in cmp.labels})
         cells = [_cell_name(r, section, judges)] if compact else [str(r[k]) for k in keys]
-        cells += [_fmt_pct(r[f"{value}[{lab}]"]) for lab in cmp.labels]
-        cells += [_fmt_diff(r[f"diff[{lab}]"]) for lab in cmp.labels[1:]]
+        cells += [pct(r[f"{value}[{lab}]"]) for lab in cmp.labels]
+        cells += [pts(r[f"diff[{lab}]"]) for lab in cmp.labels[1:]]
         cells.append("/".join(map(str, ns)))
         if section == "asr":
             cells.append(str(r["config"]))

@@ -13,7 +13,7 @@ clusters.
   difference (candidate − baseline), resampling whole clusters with replacement and the two
   runs together (the same draw for both), vectorised and seeded.
 - ``holm``: Holm's step-down adjustment of several p-values (family-wise error ≤ α).
-- ``wilson``: the Wilson score interval (``harness.summary.wilson``).
+- ``wilson``: the Wilson score interval (``harness.run.summary.wilson``).
 - ``noninferiority``: an exact test that a paired difference of proportions is below a
   margin, and its confidence bound (see the function); ``min_provable_margin`` and
   ``prompts_needed``: what n prompts can show at best (no prompt changed).
@@ -32,7 +32,7 @@ from scipy.special import bdtr, gammaln, xlog1py, xlogy
 from scipy.stats import beta as beta_dist
 from scipy.stats import binomtest
 
-from harness.summary import wilson
+from harness.intervals import wilson
 
 __all__ = ["BERGER_BOOS_GAMMA", "BootstrapInterval", "McNemar", "NonInferiority", "holm", "mcnemar_exact",
            "min_provable_margin", "noninferiority", "noninferiority_pvalue", "noninferiority_rejects",

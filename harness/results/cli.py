@@ -1,6 +1,6 @@
 """`harness report | compare | regress | export` (CLI layer over finished run folders).
 
-The logic lives in harness.report, harness.compare, harness.regress and harness.export;
+The logic lives in harness.results.report, harness.results.compare, harness.results.regress and harness.results.export;
 these commands parse flags, call them and print. Bad input (a missing file, runs that were
 not configured alike) raises a HarnessError: "error: …" and exit status 2 from harness.cli.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import write_report
+    from harness.results.report import write_report
 
     if args.samples_per_cell < 1:
         from harness.errors import HarnessError
@@ -36,8 +36,8 @@ def _write_or_print(path: Path | None, text: str) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import compare_runs, comparison_csv, comparison_markdown, print_comparison
-    from harness.rundir import load_runs
+    from harness.results.compare import compare_runs, comparison_csv, comparison_markdown, print_comparison
+    from harness.results.rundir import load_runs
 
     cmp = compare_runs(load_runs(args.run_dirs))
     if args.csv is None and args.markdown is None:
@@ -59,7 +59,7 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def _cmd_regress(args: argparse.Namespace) -> int:
-    from harness.regress import GateSettings, gate_paths, print_gate, write_outputs
+    from harness.results.regress import GateSettings, gate_paths, print_gate, write_outputs
 
     settings = GateSettings(max_asr_increase=args.max_asr_increase,
                             max_overrefusal_increase=args.max_overrefusal_increase, alpha=args.alpha,
@@ -73,8 +73,8 @@ def _cmd_regress(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from harness.export import export_jbb, write_jbb
-    from harness.rundir import load_run
+    from harness.results.export import export_jbb, write_jbb
+    from harness.results.rundir import load_run
 
     artifacts = export_jbb(load_run(args.run_dir), judge=args.judge, models=args.model, attacks=args.attack,
                            datasets=args.dataset, setting=args.setting)
@@ -86,7 +86,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 REGRESS_EPILOG = """\
-rule per cell (harness/regress_decision.py; docs/ci.md has the numbers); Δ = candidate − baseline
+rule per cell (harness/results/regress_decision.py; docs/ci.md has the numbers); Δ = candidate − baseline
 ASR (over-refusal rate), the margin is --max-asr-increase (--max-overrefusal-increase):
   pass          an exact test (Tango's score, exact unconditional p-value) shows Δ < margin at
                 level α, the margin is at least the minimum this n can prove, and the

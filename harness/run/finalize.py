@@ -13,21 +13,17 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from harness.core import ReducerConfig, content_hash
-from harness.store import SUMMARY, write_samples
-from harness.summary import summarize
+from harness.core import ReducerConfig
+from harness.run.provenance import judge_hash
+from harness.run.store import SUMMARY, write_samples
+from harness.run.summary import summarize
+from harness.runlog import SampleRecord
 from judges.agreement import write_judge_tables
 from judges.base import Judge, JudgeInput
 from judges.cache import default_cache_path
 
 
-def judge_hash(config: Any, judge: Judge) -> str:
-    """Every setting of the judge config, plus what it resolves to (rubric text hash, phrase list)."""
-    described = judge.describe() if hasattr(judge, "describe") else {}
-    return content_hash({"config": config.config_hash(), "resolved": described})
-
-
-def judge_records(records: Sequence[dict[str, Any]], judges: Sequence[tuple[Any, Judge]], progress: bool = True,
+def judge_records(records: Sequence[SampleRecord], judges: Sequence[tuple[Any, Judge]], progress: bool = True,
                   cache_path: Path | None = None) -> None:
     """Set ``verdicts[judge]`` on every generated attack record, for each (config, judge)."""
     todo = [r for r in records if r.get("kind", "attack") == "attack" and not r.get("skipped")]
@@ -49,7 +45,7 @@ def judge_records(records: Sequence[dict[str, Any]], judges: Sequence[tuple[Any,
             rec.setdefault("verdicts", {})[judge.name] = dict(verdict.to_json(), judge_hash=jhash)
 
 
-def mark_recovery(records: Sequence[dict[str, Any]]) -> None:
+def mark_recovery(records: Sequence[SampleRecord]) -> None:
     """``recovered`` on every generated sample that continues a harmful prefill: whether the
     continuation turns to a refusal (a refusal phrase of the extended keyword list), the
     paper's "recovers after the prefix". None for an empty continuation."""
@@ -63,7 +59,7 @@ def mark_recovery(records: Sequence[dict[str, Any]]) -> None:
             r["recovered"] = None if not text else matcher.match(text) is not None
 
 
-def score_utility(records: Sequence[dict[str, Any]], tasks: Sequence[Any]) -> None:
+def score_utility(records: Sequence[SampleRecord], tasks: Sequence[Any]) -> None:
     """Give every utility record its task's metrics (recomputed: metric options may have changed)."""
     for task in tasks:
         todo = [r for r in records if r.get("kind") == "utility" and r["attack"] == task.label and not r.get("skipped")]
@@ -71,7 +67,7 @@ def score_utility(records: Sequence[dict[str, Any]], tasks: Sequence[Any]) -> No
             rec["metrics"] = metrics
 
 
-def write_tables(run_dir: Path, records: Sequence[dict[str, Any]], reducers: dict[str, Sequence[ReducerConfig]],
+def write_tables(run_dir: Path, records: Sequence[SampleRecord], reducers: dict[str, Sequence[ReducerConfig]],
                  first_judge: str | None) -> pd.DataFrame:
     """samples.jsonl, summary.csv, agreement/judge_scores, utility.csv and scorecard.csv; returns the summary."""
     write_samples(run_dir, records)
@@ -84,7 +80,7 @@ def write_tables(run_dir: Path, records: Sequence[dict[str, Any]], reducers: dic
     return summary
 
 
-def finalize(run_dir: Path, records: list[dict[str, Any]], judges: Sequence[tuple[Any, Judge]],
+def finalize(run_dir: Path, records: list[SampleRecord], judges: Sequence[tuple[Any, Judge]],
              reducers: dict[str, Sequence[ReducerConfig]], utility_tasks: Sequence[Any] = (), progress: bool = True,
              cache_path: Path | None = None) -> pd.DataFrame:
     """Judge, score utility and write every table of ``run_dir``; returns the summary."""

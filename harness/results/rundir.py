@@ -16,14 +16,16 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from harness.errors import DataError
-from harness.store import ARTIFACTS_DB, MANIFEST, SUMMARY, ArtifactCache, cache_root, read_manifest, read_samples
-from harness.summary import COLUMNS as SUMMARY_COLUMNS
-from harness.summary import KEYS as CELL_KEYS
+from harness.kvcache import cache_root
+from harness.run.store import ARTIFACTS_DB, MANIFEST, SUMMARY, ArtifactCache, read_manifest, read_samples
+from harness.run.summary import COLUMNS as SUMMARY_COLUMNS
+from harness.run.summary import KEYS as CELL_KEYS
+from harness.runlog import Manifest, SampleRecord
 from harness.utility.table import UTILITY_COLUMNS, UTILITY_CSV
 
 __all__ = ["CELL_KEYS", "AnalysisTable", "RunDir", "load_run", "load_runs", "parse_setting_label", "run_labels"]
 
-# Columns of the tables a ``kind: analyze`` run writes (harness.analyze.write_*), by kind.
+# Columns of the tables a ``kind: analyze`` run writes (harness.analysis.output.write_*), by kind.
 ANALYSIS_COLUMNS: dict[str, tuple[str, ...]] = {
     "kl": ("a", "b", "position", "n", "mean", "ci95_low", "ci95_high"),
     "refusal": ("model", "depth", "n", "mean_logprob", "ci95_low", "ci95_high"),
@@ -47,22 +49,22 @@ class RunDir:
 
     path: Path
     label: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     summary: pd.DataFrame | None = None
     utility: pd.DataFrame | None = None
     analyses: list[AnalysisTable] = field(default_factory=list)
-    _records: list[dict[str, Any]] | None = None
+    _records: list[SampleRecord] | None = None
     _curves: dict[tuple[int, ...], list[float]] | None = None
 
     @property
     def kind(self) -> str:
-        return "analyze" if self.manifest.get("kind") == "analyze" else "eval"
+        return "analyze" if self.manifest.is_analysis else "eval"
 
     @property
     def complete(self) -> bool:
-        return self.manifest.get("status") == "complete"
+        return self.manifest.status == "complete"
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[SampleRecord]:
         """samples.jsonl (read once)."""
         if self._records is None:
             self._records = read_samples(self.path) if self.kind == "eval" else []
@@ -79,8 +81,7 @@ class RunDir:
 
     def attack_type(self, attack: str) -> str:
         """The attack's registered type (``prefill``, ``decoding``, …) from the manifest, else its label."""
-        entry = (self.manifest.get("attacks") or {}).get(attack) or {}
-        return str(entry.get("type") or attack)
+        return self.manifest.attack_type(attack)
 
 
 def read_artifact_curves(path: Path) -> dict[tuple[int, ...], list[float]]:
@@ -210,10 +211,7 @@ def load_run(path: Path | str, label: str | None = None) -> RunDir:
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"{path} is not a run folder (expected results/<run-id>/ with {MANIFEST})")
-    manifest = read_manifest(path)
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path / MANIFEST}: not a JSON object")
-    run = RunDir(path, label or path.name, manifest)
+    run = RunDir(path, label or path.name, read_manifest(path))
     if run.kind == "eval":
         run.summary = read_summary(path)
         run.utility = read_utility(path)

@@ -1,5 +1,5 @@
 """What ``harness regress`` decides per cell: the cell model, the pairing of prompts, and the
-verdict rule (see harness/regress.py for the overview and docs/ci.md for the numbers).
+verdict rule (see harness/results/regress.py for the overview and docs/ci.md for the numbers).
 
 Per prompt, one binary outcome y (1 = harmful, or refused for over-refusal): the verdict of
 its first scored sample (lowest sample index) in a per-setting cell, "any sample harmful" in
@@ -21,8 +21,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from harness.errors import HarnessError
-from harness.stats import (BootstrapInterval, McNemar, NonInferiority, discordant, mcnemar_exact, noninferiority,
-                           paired_cluster_bootstrap, prompts_needed)
+from harness.results.stats import (BootstrapInterval, McNemar, NonInferiority, discordant, mcnemar_exact, noninferiority,
+                                   paired_cluster_bootstrap, prompts_needed)
 
 MISMATCH_KINDS = ("dataset", "attack", "sampling", "judge")
 MIN_CLUSTERS = 20

