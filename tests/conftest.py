@@ -25,6 +25,29 @@ from harness.engine import EngineConfig  # noqa: E402
 from harness.models import ResolvedModel, resolve_model  # noqa: E402
 from harness.run.runner import EnginePool  # noqa: E402
 
+def bigram_llama(tokenizer_dir: Path):
+    """(tokenizer, model): a 2-layer llama (hidden 128, untied head) whose attention and MLP
+    outputs are zero and whose final norm is 1, so the logits depend on the current token only
+    (a bigram model). Its embeddings are zeroed: the caller writes the features and the head."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        model.model.embed_tokens.weight.zero_()
+    return tok, model
+
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

@@ -196,13 +196,10 @@ def switchboard_model(out: Path, tokenizer_dir: Path) -> Path:
     Embeddings are one-hot features (RMSNorm scales them to sqrt(128)), the untied head maps
     each feature to its next-token logits."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    from tests.conftest import bigram_llama
+
+    tok, model = bigram_llama(tokenizer_dir)
     ids = {w: tok.encode(w, add_special_tokens=False) for w in (" apple", " river", " stone", "I", " cannot", " Sure",
                                                                  " here")}
     assert all(len(v) == 1 for v in ids.values()), ids
@@ -213,15 +210,8 @@ def switchboard_model(out: Path, tokenizer_dir: Path) -> Path:
     words = [i for i in range(len(tok)) if re.fullmatch(r" ?[a-z]{4,}", t := tok.decode([i]))
              and not any(r in t for r in refusalish)]
     scale = 128 ** 0.5
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.float32)
     with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.norm.weight.fill_(1.0)
         emb, head = model.model.embed_tokens.weight, model.lm_head.weight
-        emb.zero_()
         emb[:, 0] = 1.0  # feature 0: any other token -> end of turn
         feature = {" apple": 1, " river": 2, " stone": 3, "I": 4, " cannot": 5, " Sure": 6, " here": 7}
         for w, k in feature.items():

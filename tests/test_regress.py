@@ -46,23 +46,13 @@ def refuser_model(out: Path, tokenizer_dir: Path) -> Path:
     so the last hidden state is the current token's embedding, and an untied head maps any
     token to "I", "I" to " cannot" and " cannot" to the end-of-turn token."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    from tests.conftest import bigram_llama
+
+    tok, model = bigram_llama(tokenizer_dir)
     i_id, cannot_id = tok.encode("I")[0], tok.encode(" cannot")[0]
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.float32)
     with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.norm.weight.fill_(1.0)
         emb = model.model.embed_tokens.weight
-        emb.zero_()
         emb[:, 0] = 1.0  # shared by every token: selects "I" by default
         emb[i_id, 1] = 5.0
         emb[cannot_id, 2] = 5.0
