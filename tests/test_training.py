@@ -412,6 +412,7 @@ def test_contrast_rows_weigh_as_safety_rows(tiny_model):
     """2 refusal rows (3 ln 2 per token) + 2 benign contrast rows (ln 2 per token) of 2 tokens each
     make the data term: mean (4·3 ln2 + 4·ln2) / 8 = 2 ln2, weighted by α = 0.2 beside the anchors."""
     from harness.models import resolve_model
+    from harness.training.config import ContrastSettings
     from harness.training.trainer import Trainer
 
     table = torch.zeros(8, 8)
@@ -421,7 +422,7 @@ def test_contrast_rows_weigh_as_safety_rows(tiny_model):
     batch = Batcher(main, anchor, batch_size=2, anchor_batch_size=4, max_length=16, pad_id=0, seed=0,
                     contrast_rows=2, contrast_window=4).micro_batch(0)
     recipe = tiny_train_recipe(tiny_model, objective="sft")
-    spec = recipe.models[0].model_copy(update={"safety_weight": 0.2, "contrast": {"rows": 2, "window": 4}})
+    spec = recipe.models[0].model_copy(update={"safety_weight": 0.2, "contrast": ContrastSettings(rows=2, window=4)})
     trainer = Trainer(recipe, spec, resolve_model(str(tiny_model)), tiny_model, progress=False)
     model = BigramLM(table)
     trainer._head = model.get_output_embeddings()
@@ -429,6 +430,42 @@ def test_contrast_rows_weigh_as_safety_rows(tiny_model):
     assert stats["main_loss"] == pytest.approx(2 * math.log(2), abs=1e-5)
     assert stats["contrast_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert stats["loss"] == pytest.approx(0.2 * 2 * math.log(2) + 0.8 * math.log(2), abs=1e-5)
+
+
+def test_unlikelihood_pushes_down_refusal_openings_inside_benign_answers(tiny_model):
+    """Refusal opening = token 2 (the refusal targets start (2, 3)). At the benign contexts 4 and
+    5 the bigram LM gives token 2 probability 1/14 (logit 0 against ln 7 for the benign next
+    token and 0 for the 6 others), so each of the 4 contrast tokens adds w·ln(14/13) to the
+    data term; a contrast label that is itself an opening adds nothing."""
+    from harness.models import resolve_model
+    from harness.training.config import ContrastSettings
+    from harness.training.data import refusal_openings
+    from harness.training.losses import avoided_token_loss
+    from harness.training.trainer import Trainer
+
+    table = torch.zeros(8, 8)
+    table[4, 5] = table[5, 6] = math.log(7)
+    main = [TrainPair(f"m{i}", "x", "r", prompt_ids=(1,), target_ids=(2, 3)) for i in range(3)]
+    anchor = [TrainPair(f"a{i}", "q", "y", prompt_ids=(4,), target_ids=(5, 6)) for i in range(5)]
+    assert refusal_openings(main) == [2]
+    batch = Batcher(main, anchor, batch_size=2, anchor_batch_size=4, max_length=16, pad_id=0, seed=0,
+                    contrast_rows=2, contrast_window=4).micro_batch(0)
+    recipe = tiny_train_recipe(tiny_model, objective="sft")
+    w = 0.5
+    spec = recipe.models[0].model_copy(update={"safety_weight": 0.2,
+                                               "contrast": ContrastSettings(rows=2, unlikelihood=w)})
+    trainer = Trainer(recipe, spec, resolve_model(str(tiny_model)), tiny_model, progress=False)
+    model = BigramLM(table)
+    trainer._head = model.get_output_embeddings()
+    trainer._avoid = torch.tensor([2])
+    stats = trainer._forward_backward(trainer._accelerator(), model, batch, None)
+    data_term = (4 * 3 * math.log(2) + 4 * math.log(2) + 4 * w * math.log(14 / 13)) / 8
+    assert stats["main_loss"] == pytest.approx(data_term, abs=1e-5)
+    assert stats["loss"] == pytest.approx(0.2 * data_term + 0.8 * math.log(2), abs=1e-5)
+    # a label that is an opening itself is not penalised; unsupervised positions are 0
+    labels = torch.tensor([[IGNORE, 2, 5]])
+    out = avoided_token_loss(torch.zeros(2, 8), labels, torch.tensor([2]))  # uniform: π(2) = 1/8
+    assert out.tolist() == [[0.0, pytest.approx(math.log(8 / 7))]]
 
 
 def test_old_anchor_weight_key_is_refused_with_the_conversion():

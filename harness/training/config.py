@@ -105,6 +105,9 @@ class ContrastSettings(StrictModel):
 
     rows: int = Field(2, ge=1, description="contrast rows per micro-batch (drawn from `anchor`)")
     window: int = Field(32, ge=1, description="tokens of the benign answer supervised after the cut")
+    unlikelihood: float = Field(0.0, ge=0.0, description=(
+        "weight of −log(1 − π(refusal opening)) at each contrast position, the refusal opening being the "
+        "first tokens of the refusal targets: pushes down turn-arounds inside benign answers (0: off)"))
 
 
 class ConstraintSettings(StrictModel):

@@ -101,6 +101,11 @@ def build_pairs(examples: Sequence[Example], builder: PromptBuilder, target: str
     return pairs
 
 
+def refusal_openings(pairs: Sequence[TrainPair]) -> list[int]:
+    """The first token of every refusal target, alone and after a harmful prefix ("I", " I")."""
+    return sorted({ids[0] for p in pairs for ids in (p.target_ids, p.joined_target_ids) if ids})
+
+
 def _encoding_adds_space(builder: PromptBuilder) -> bool:
     """True for tokenizers whose encoding of "I" already reads " I" after other text
     (sentencepiece with a dummy prefix); BPE ones need the space spelled out."""

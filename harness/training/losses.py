@@ -60,6 +60,24 @@ def selected_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple
     return logp, mask
 
 
+def avoided_token_loss(logits: torch.Tensor, labels: torch.Tensor, avoid_ids: torch.Tensor) -> torch.Tensor:
+    """Unlikelihood of a token set A at the supervised positions (Welleck et al. 2020):
+
+        ℓ_t = −log(1 − π_θ(A | x, y_<t)),   π_θ(A | ·) = Σ_{a ∈ A} π_θ(a | ·),
+
+    as (B, T-1), 0 where nothing is supervised or where the label itself is in A. ``logits``
+    are those of the predicting positions, (N, V), as for ``selected_token_logprobs``. With A
+    the first tokens of the refusals, it pushes down a turn-around inside benign answers."""
+    mask = labels[:, 1:] != IGNORE
+    logits = logits.float()
+    log_pa = torch.logsumexp(logits[:, avoid_ids], -1) - torch.logsumexp(logits, -1)
+    flat = -torch.log((-torch.expm1(log_pa)).clamp(min=1e-6))  # 1 − π(A), kept off 0
+    flat = flat * ~torch.isin(labels[:, 1:][mask], avoid_ids)
+    out = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
+    out[mask] = flat
+    return out
+
+
 def response_positions(mask: torch.Tensor) -> torch.Tensor:
     """1-based index t of each supervised token within its sequence's response (0 elsewhere)."""
     return torch.cumsum(mask.long(), dim=1) * mask

@@ -26,10 +26,11 @@ from harness.models import ResolvedModel
 from harness.prompts import PromptBuilder
 from harness.training.config import TrainModelSpec, TrainRecipe, TrainSettings
 from harness.data import load_dataset
-from harness.training.data import Batcher, TrainPair, build_pairs, row_chunks, save_jsonl
+from harness.training.data import Batcher, TrainPair, build_pairs, refusal_openings, row_chunks, save_jsonl
 from harness.turns import end_of_turn_id, stop_token_ids
 from harness.training.losses import (
     IGNORE,
+    avoided_token_loss,
     beta_schedule,
     constrained_token_loss,
     loss_by_position,
@@ -113,6 +114,7 @@ class Trainer:
         self.work_dir = work_dir
         self.progress = progress
         self.anchor_pairs = anchor_pairs or []
+        self._avoid: torch.Tensor | None = None  # refusal openings, for contrast.unlikelihood
 
     # -- set-up ------------------------------------------------------------------------
     def _model_and_tokenizer(self):
@@ -165,6 +167,8 @@ class Trainer:
         save_jsonl(self.work_dir / "train_data.jsonl", [p.to_json() | {"role": "main"} for p in main])
         save_jsonl(self.work_dir / "anchor_data.jsonl", [p.to_json() | {"role": "anchor"} for p in self.anchor_pairs])
 
+        if spec.contrast is not None and spec.contrast.unlikelihood > 0:
+            self._avoid = torch.tensor(refusal_openings(main), device=acc.device)
         if s.epochs is not None:  # steps from the data size (preset: paper)
             s = self.settings = s.model_copy(update={"steps": s.steps_for(len(main), acc.num_processes)})
         batcher = Batcher(main, self.anchor_pairs, s.batch_size, s.anchor_batch_size, s.max_length, pad, s.seed,
@@ -261,6 +265,10 @@ class Trainer:
                     max_delta = max(max_delta, delta)
                 else:
                     main_tokens = -logp
+                    rows_contrast = batch["is_contrast"][idx][:, None]
+                    if self._avoid is not None and bool(rows_contrast.any()):
+                        avoided = avoided_token_loss(logits, sub["labels"], self._avoid) * rows_contrast
+                        main_tokens = main_tokens + spec.contrast.unlikelihood * avoided
                 loss = mix_losses(main_tokens, main_mask, -logp, anchor_mask, spec.safety_weight,
                                   self.settings.mix or spec.mix, n_data=n_data, n_anchor=n_anchor)
                 acc.backward(loss)
