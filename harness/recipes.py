@@ -150,6 +150,21 @@ def read_recipe_yaml(path: str | Path, overrides: list[str] | None = None, what:
     return apply_overrides(raw, overrides or [])
 
 
+def follow_engine(judge: Any, engine: EngineSettings) -> Any:
+    """``judge`` with its local engine on the recipe's backend where the recipe names one and
+    the judge does not (a recipe on ``hf`` never starts vLLM for a judge); chains member by member."""
+    if "backend" not in engine.model_fields_set:
+        return judge
+    update: dict[str, Any] = {}
+    own = getattr(judge, "engine", None)
+    if isinstance(own, EngineSettings) and "backend" not in own.model_fields_set:
+        update["engine"] = own.model_copy(update={"backend": engine.backend})
+    members = getattr(judge, "judges", None)
+    if isinstance(members, list) and members and all(isinstance(m, JudgeConfig) for m in members):
+        update["judges"] = [follow_engine(m, engine) for m in members]
+    return judge.model_copy(update=update) if update else judge
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe_from_dict(read_recipe_yaml(path, overrides), str(path))
 
@@ -160,7 +175,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     except ValidationError as e:
         raise RecipeError(format_errors(source, e)) from None
     recipe.attacks = typed_list(source, recipe.attacks, "attacks", ATTACKS)
-    recipe.judges = typed_list(source, recipe.judges, "judges", JUDGES)
+    recipe.judges = [follow_engine(j, recipe.engine) for j in typed_list(source, recipe.judges, "judges", JUDGES)]
     recipe.utility = typed_list(source, recipe.utility, "utility", UTILITY_TASKS)
     for i, d in enumerate(recipe.datasets):
         if d.format not in DATASET_FORMATS.names():

@@ -111,6 +111,7 @@ class Manifest(BaseModel):
     utility: dict[str, dict[str, Any]] = Field(default_factory=dict)
     judges: dict[str, JudgeEntry] = Field(default_factory=dict)
     engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    engine_backend: dict[str, str] = Field(default_factory=dict)  # requested, resolved (auto), why
     analyses: dict[str, dict[str, Any]] = Field(default_factory=dict)
     files: list[str] = Field(default_factory=list)
     hardware: dict[str, Any] = Field(default_factory=dict)

@@ -47,12 +47,14 @@ def generate_responses(model: ResolvedModel, prompts: Sequence[str], engine_sett
 def synthesize_column(examples: list[Example], cfg: Any, label: str, progress: bool = True,
                       backend: str | None = None) -> list[Example]:
     """``examples`` with ``cfg.field`` written by ``cfg.model`` (a ``harness.data.base.SynthConfig``),
-    through ``cfg.backend``, else ``backend`` (the recipe's engine), else vLLM."""
+    through ``cfg.backend``, else ``backend`` (the recipe's engine), else ``auto``; the cache key
+    names the resolved backend."""
+    from harness.engine import resolve_backend
     from harness.engine.base import EngineSettings
 
     check_name(label, "dataset label", "the synth cache file <label>-<key>.jsonl", RecipeError)
     model = resolve_model(cfg.model)
-    cfg = cfg.model_copy(update={"backend": cfg.backend or backend or "vllm"})
+    cfg = cfg.model_copy(update={"backend": resolve_backend(cfg.backend or backend or "auto")})
     settings = cfg.model_dump(mode="json", exclude={"model"})
     key = content_hash({"model": model.fingerprint, "prompts": [e.prompt for e in examples], "settings": settings})
     path = cache_dir() / "synth" / f"{label}-{key}.jsonl"

@@ -1,4 +1,4 @@
-"""Local judge transport: a judge model run through the harness engine (vLLM offline).
+"""Local judge transport: a judge model run through the harness engine (the recipe's backend).
 
 The model spec resolves like any target (alias, HF folder, .gguf, hub id); the judge's
 chat template is applied here and the prompt sent as token ids through
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from harness.engine import Engine, GenRequest, Sampling, make_engine
+from harness.engine import Engine, GenRequest, Sampling, make_engine, resolve_backend
 from harness.models import ResolvedModel, resolve_model
 from harness.engine.base import EngineSettings
 from judges.transport import Messages, Reply
@@ -40,7 +40,8 @@ class LocalTransport:
 
     @property
     def model_id(self) -> str:
-        return f"local:{self.model.fingerprint_id}:{self.settings.backend}:{self.settings.dtype}"
+        # the resolved backend: a judge on `auto` shares the verdict cache of the backend it ran
+        return f"local:{self.model.fingerprint_id}:{resolve_backend(self.settings.backend)}:{self.settings.dtype}"
 
     def _encode(self, messages: Messages) -> list[int]:
         if self._tokenizer is None:

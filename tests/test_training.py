@@ -328,8 +328,13 @@ def test_validate_training_recipe_cli():
 
     from tests.conftest import ROOT
 
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "validate", "recipes/align.yaml"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    # With vLLM hidden (tests/no_vllm.py; exit 7 if any vllm module is imported): validating loads
+    # no model, so it works on an image without vLLM. On the GPU box of issue 20 it failed there:
+    # validate loaded the training data with its `synth:` column, which started the synth model
+    # on vLLM (then the default backend); it now loads datasets and anchors with synth=False.
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "no_vllm.py"), "validate", "recipes/align.yaml"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr
     assert "smollm2-deep: augmented, 260 examples (advbench-train)" in out.stdout and "OK" in out.stdout
     assert "smollm2-deep-template: augmented, 165 examples (harmful-train)" in out.stdout
@@ -513,7 +518,13 @@ def test_constrained_weight_is_floored():
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_constrained_delta_is_zero_at_step_zero(tiny_model, tmp_path, precision):
     """The reference log-probs come from the policy's own forward (same autocast), so the
-    first step's Δ = log π_ref − log π_θ is 0, not a precision gap."""
+    first step's Δ = log π_ref − log π_θ is 0, not a precision gap.
+
+    fp32 ("no"): 1e-4 on CPU. On CUDA the trainer turns TF32 off (trainer.exact_fp32_matmuls;
+    with it Δ was 2.4e-4 on an H200), but the one-row reference pass and the padded training
+    batch still run different kernels (cuBLAS and SDPA choose by shape), each fp32-exact to
+    ~1e-6 relative but summed in another order over this random model's large logits: 1e-3
+    there, still far below the bf16 gap the shared autocast removes (2e-2 bounds bf16 on both)."""
     from harness.models import resolve_model
     from harness.training.trainer import Trainer
 
@@ -521,7 +532,10 @@ def test_constrained_delta_is_zero_at_step_zero(tiny_model, tmp_path, precision)
                                adam_beta1=0.5)
     Trainer(recipe, recipe.models[0], resolve_model(str(tiny_model)), tmp_path / "w", progress=False).train()
     log = [json.loads(x) for x in (tmp_path / "w" / "train_log.jsonl").read_text().splitlines()]
-    assert log[0]["max_abs_delta"] < (1e-4 if precision == "no" else 2e-2)
+    import torch
+
+    fp32_bound = 1e-3 if torch.cuda.is_available() else 1e-4
+    assert log[0]["max_abs_delta"] < (fp32_bound if precision == "no" else 2e-2)
 
 
 def test_rounds_are_loadable_models(tiny_model, harness_cache):
@@ -583,3 +597,24 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_CACHE=str(tmp_path / "cache")))
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_fp32_training_turns_tf32_off_on_cuda_and_restores_it(monkeypatch):
+    """`exact_fp32_matmuls` (the trainer wraps the reference pass and every step in it when it
+    trains without mixed precision): IEEE fp32 inside on CUDA, the process's setting after."""
+    import torch
+
+    from harness.training.trainer import exact_fp32_matmuls
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the CUDA branch, on any machine
+    before = (matmul.fp32_precision, cudnn.fp32_precision)
+    try:
+        matmul.fp32_precision = cudnn.fp32_precision = "tf32"
+        with exact_fp32_matmuls(True):
+            assert (matmul.fp32_precision, cudnn.fp32_precision) == ("ieee", "ieee")
+        assert (matmul.fp32_precision, cudnn.fp32_precision) == ("tf32", "tf32")
+        with exact_fp32_matmuls(False):  # bf16/fp16 autocast: left alone
+            assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision, cudnn.fp32_precision = before

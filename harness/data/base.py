@@ -29,8 +29,8 @@ class SynthConfig(StrictModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
     system_prompt: str | None = None
-    backend: Literal["vllm", "hf"] | None = Field(None, description="engine that writes it; default: the "
-                                                               "recipe's engine.backend")
+    backend: Literal["auto", "vllm", "hf"] | None = Field(None, description="engine that writes it; default: "
+                                                                       "the recipe's engine.backend")
     keep_unfinished: bool = Field(True, description="keep answers cut off at max_tokens")
     drop_refusals: bool = Field(True, description="drop rows whose written column contains a refusal phrase "
                                                   "(keyword judge): a harmful prefill must be harmful")

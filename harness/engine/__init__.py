@@ -1,5 +1,5 @@
-"""Generation engines: vLLM (default) and HF transformers (reference), plug-ins named in
-``harness.registry.ENGINES``."""
+"""Generation engines: vLLM and HF transformers (reference), plug-ins named in
+``harness.registry.ENGINES``; ``auto`` (the default) picks one per machine (``harness.engine.auto``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core import content_hash
+from harness.engine.auto import backend_record, resolve_backend
 from harness.engine.base import Completion, Engine, EngineConfig, EngineSettings, GenRequest, Sampling, package_version
 from harness.registry import ENGINES
 
@@ -44,14 +45,16 @@ def resolve_dtype(dtype: str, model_path: Path) -> str:
 
 
 def resolve_config(config: EngineConfig, model_path: Path) -> EngineConfig:
-    """``auto`` settings made explicit for this machine: the dtype, and eager mode on CPUs
-    (vLLM's torch.compile costs minutes per engine start there for a few percent of speed)."""
+    """``auto`` settings made explicit for this machine: the backend, the dtype, and eager mode
+    on CPUs (vLLM's torch.compile costs minutes per engine start there for a few percent of speed)."""
     from harness import hardware
 
+    backend = resolve_backend(config.backend)
     eager = config.enforce_eager
-    if eager is None and ENGINES.get(config.backend).eager_on_cpu and hardware.gpu_name() is None:
+    if eager is None and ENGINES.get(backend).eager_on_cpu and hardware.gpu_name() is None:
         eager = True
-    return config.model_copy(update={"dtype": resolve_dtype(config.dtype, model_path), "enforce_eager": eager})
+    return config.model_copy(update={"backend": backend, "dtype": resolve_dtype(config.dtype, model_path),
+                                     "enforce_eager": eager})
 
 
 def engine_descriptor(config: EngineConfig) -> dict[str, Any]:
@@ -61,12 +64,13 @@ def engine_descriptor(config: EngineConfig) -> dict[str, Any]:
     mode or batch scheduling of vLLM."""
     from harness import hardware
 
-    d: dict[str, Any] = {"backend": config.backend, "dtype": config.dtype,
+    backend = resolve_backend(config.backend)  # the resolved name: `auto` shares the caches of what it ran
+    d: dict[str, Any] = {"backend": backend, "dtype": config.dtype,
                          "tensor_parallel_size": config.tensor_parallel_size, "device": hardware.device_tag(),
                          "torch": package_version("torch"), "transformers": package_version("transformers"),
                          # 2: stops on the template's end of turn as well as EOS (harness.turns)
                          "stop_rule": 2}
-    d.update(ENGINES.get(config.backend).describe(config))
+    d.update(ENGINES.get(backend).describe(config))
     return d
 
 
@@ -84,5 +88,5 @@ def make_engine(model_path: Path, config: EngineConfig) -> Engine:
     return ENGINES.get(config.backend)(model_path, config)
 
 
-__all__ = ["Completion", "Engine", "EngineConfig", "EngineSettings", "GenRequest", "Sampling",
+__all__ = ["backend_record", "resolve_backend", "Completion", "Engine", "EngineConfig", "EngineSettings", "GenRequest", "Sampling",
            "engine_descriptor", "engine_hash", "make_engine", "resolve_config", "resolve_dtype"]

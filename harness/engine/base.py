@@ -11,8 +11,11 @@ from pydantic import Field, field_validator
 from harness.core import Sampling, StrictModel
 from harness.registry import ENGINES
 
-__all__ = ["Completion", "Engine", "EngineConfig", "EngineOptions", "EngineSettings", "GenRequest", "Sampling",
+__all__ = ["AUTO", "Completion", "Engine", "EngineConfig", "EngineOptions", "EngineSettings", "GenRequest", "Sampling",
            "package_version"]
+
+
+AUTO = "auto"  # engine.backend: chosen per machine by harness.engine.resolve_backend
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ class EngineOptions(StrictModel):
     """What an engine is started with (written once: the recipe's ``EngineSettings`` and one
     engine's ``EngineConfig`` both extend it); ``backend`` names an entry of ``ENGINES``."""
 
-    backend: str = Field("vllm", description="an engine backend (`harness list`): vllm | hf")
+    backend: str = Field("auto", description="an engine backend (`harness list`): auto | vllm | hf; auto: vLLM "
+                                             "where it imports and runs on this device, else hf")
     dtype: str = Field("auto", description="auto: float32 on CPUs without native bf16, else the model's dtype")
     max_model_len: int = Field(2048, ge=64)
     gpu_memory_utilization: float = Field(0.4, gt=0.0, le=1.0)
@@ -63,8 +67,8 @@ class EngineOptions(StrictModel):
     @field_validator("backend")
     @classmethod
     def _backend(cls, v: str) -> str:
-        if v not in ENGINES.names():
-            raise ValueError(f"unknown engine backend {v!r}; Input should be {ENGINES.choices()}")
+        if v != AUTO and v not in ENGINES.names():
+            raise ValueError(f"unknown engine backend {v!r}; Input should be 'auto' or {ENGINES.choices()}")
         return v
 
 

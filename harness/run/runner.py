@@ -25,7 +25,8 @@ from harness import hardware
 from harness.attack_api import Target
 from harness.core import Example, PlannedSample, content_hash, dataset_hash, setting_label
 from harness.data import load_dataset
-from harness.engine import Engine, EngineConfig, GenRequest, engine_descriptor, engine_hash, make_engine, resolve_config
+from harness.engine import (Engine, EngineConfig, GenRequest, backend_record, engine_descriptor, engine_hash, make_engine,
+                            resolve_config)
 from harness.errors import RecipeError
 from harness.kvcache import cache_root
 from harness.models import ResolvedModel
@@ -294,7 +295,9 @@ class Generator:
                 continue
             config = resolve_config(self.recipe.engine.engine_config(self.recipe.seed), pl.model.path)
             ehash = engine_hash(config)
-            self.manifest.engines.setdefault(ehash, engine_descriptor(config))
+            if ehash not in self.manifest.engines:
+                self.manifest.engines[ehash] = engine_descriptor(config)
+                self.manifest.engine_backend = backend_record(self.recipe.engine.backend)
             key = generation_key(pl.model.fingerprint_id, p.prompt.prompt_ids, p.sampling, ehash)
             slots.append((pl, key, ehash))
             requests.setdefault(key, (pl.model, config, GenRequest(p.prompt.prompt_ids, p.sampling)))

@@ -86,6 +86,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--limit", type=int)
     s.add_argument("--field", default="response", help="column to write (default: response)")
     s.add_argument("--max-tokens", type=int, default=160)
-    s.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
+    s.add_argument("--backend", default="auto", choices=["auto", "vllm", "hf"])
     s.add_argument("--out", required=True, help="output JSONL")
     s.set_defaults(func=_cmd_synth)

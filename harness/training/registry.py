@@ -42,7 +42,7 @@ def anchor_pairs(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
     """Utility anchors; with ``responses: self`` the base model writes them (cached)."""
     if spec.anchor is None:
         return []
-    examples = load_dataset(spec.anchor)
+    examples = load_dataset(spec.anchor, backend=recipe.engine.backend)
     if spec.anchor.responses == "self":
         key = content_key({"base": base.fingerprint, "data": _examples_key(examples), "max_tokens": spec.anchor.max_tokens,
                            "system": recipe.system_prompt})
@@ -75,7 +75,7 @@ def anchor_pairs(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
 def model_key(recipe: TrainRecipe, spec: TrainModelSpec, base: ResolvedModel,
               save_steps: tuple[int, ...] = ()) -> str:
     main = load_dataset(spec.data, backend=recipe.engine.backend)
-    anchor = load_dataset(spec.anchor) if spec.anchor else []
+    anchor = load_dataset(spec.anchor, backend=recipe.engine.backend) if spec.anchor else []
     # Only what the recipe sets is hashed, so a new option with a default never invalidates
     # existing builds; a change of behaviour bumps TRAINING_CODE_VERSION instead.
     return content_key({
@@ -201,7 +201,7 @@ def validate_train_recipe(recipe_path: str, overrides: list[str] | None = None) 
         recipe.settings_for(spec)
         main = load_dataset(spec.data, synth=False)  # validate loads no model; synth runs at build time
         assert_disjoint(main, demo, f"{spec.name}: data")
-        anchor = len(load_dataset(spec.anchor)) if spec.anchor else 0
+        anchor = len(load_dataset(spec.anchor, synth=False)) if spec.anchor else 0
         print(f"model {spec.name}: {spec.objective}, {len(main)} examples ({spec.data.label}), {anchor} anchors")
     if recipe.evaluate:
         ev = evaluation_recipe(recipe, path, [m.name for m in recipe.models])
