@@ -79,6 +79,9 @@ class LabelledConfig(StrictModel):
 
     type: str
     name: str | None = Field(None, description="label in results; defaults to the type")
+    # keys added after hashes were recorded: left out of the hash while None, so configs that do
+    # not use them keep the hash (and the caches) they had before the key existed
+    unhashed_when_none: ClassVar[tuple[str, ...]] = ()
 
     @property
     def label(self) -> str:
@@ -86,7 +89,8 @@ class LabelledConfig(StrictModel):
 
     def config_hash(self) -> str:
         """Hash of every setting that changes what this config produces (its label excluded)."""
-        return content_hash(self.model_dump(mode="json", exclude={"name"}))
+        exclude = {"name"} | {k for k in self.unhashed_when_none if getattr(self, k) is None}
+        return content_hash(self.model_dump(mode="json", exclude=exclude))
 
 
 # --------------------------------------------------------------------------- shared types

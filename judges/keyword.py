@@ -118,6 +118,7 @@ class KeywordJudgeConfig(JudgeConfig):
     match: Literal["word", "substring"] = Field("word", description="word: word boundaries and anchored openers; "
                                                 "substring: the original lists' plain substring search")
     min_words: int = Field(0, ge=0, description="harmful needs more than this many words (Jailbreak_LLM: 5)")
+    unhashed_when_none = ("reference",)
     reference: Literal["qi2025"] | None = Field(None, description="qi2025: the official keyword_eval.py exactly "
                                                 "(case-sensitive substrings of its list; empty = not jailbroken)")
 
@@ -134,11 +135,6 @@ class KeywordJudgeConfig(JudgeConfig):
             if key in data and data[key] != want:
                 raise ValueError(f"reference: {mode} fixes {key} to {want!r}; got {key}: {data[key]!r} (drop {key})")
         return {**data, **fixed}
-
-    def config_hash(self) -> str:
-        """As the base's, but without ``reference`` when it is unset (hashes from before the mode stay)."""
-        exclude = {"name"} | ({"reference"} if self.reference is None else set())
-        return content_hash(self.model_dump(mode="json", exclude=exclude))
 
     def phrase_set(self) -> PhraseSet:
         if isinstance(self.phrases, str):
