@@ -20,12 +20,23 @@ Attack data (``data.kind``), built from any dataset of (prompt, response) rows:
 
 Rounds share one training run (one schedule, one reference model for the constrained loss):
 round r is the checkpoint after ``r · steps_per_round`` optimizer steps, saved as a plain HF
-folder the engine loads; round 0 is the target itself.
+folder the engine loads; round 0 is the target itself. With ``epochs`` the length comes from
+the data instead: ``ceil(epochs · rows / (batch_size · grad_accum))`` steps in all, rounded up
+to whole rounds.
+
+``preset: paper`` is the paper's attack (official ``finetune.py`` run for Table 4 / Figure 4):
+100 examples, 25 epochs, batch 64 (4 GPUs × 16), lr 2e-5, AdamW β1 0.5, 10 warm-up steps,
+linear decay (training preset ``paper-attack``), in 5 rounds of 5 epochs. On 100 rows that is
+40 steps of 64; the official HF Trainer takes 50, each epoch one batch of 64 and one of 36 (our
+batcher draws full batches). ``preset: cpu`` is what recipes/finetune.yaml runs on 2 cores. Keys
+set next to a preset win, ``data`` and ``training`` key by key. The evaluation decoding is the
+attack's ``sampling`` (``sampling: {preset: paper}`` for the paper's).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Iterator, Literal
 
 from pydantic import Field, model_validator
@@ -88,6 +99,16 @@ class AttackData(StrictModel):
         return out
 
 
+FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"data": {"n": 100}, "epochs": 25, "rounds": 5,
+              "training": {"preset": "paper-attack", "batch_size": 64, "anchor_batch_size": 0, "max_length": 256}},
+    # what 2 CPU cores afford in under 30 minutes (recipes/finetune.yaml; README "Where this miniature differs")
+    "cpu": {"data": {"n": 16}, "rounds": 2, "steps_per_round": 6,
+            "training": {"lr": 5.0e-5, "batch_size": 8, "anchor_batch_size": 0, "adam_beta1": 0.5, "warmup_steps": 0,
+                         "scheduler": "constant", "max_length": 192}},
+}
+
+
 class FinetuneAttack(AttackConfig):
     """Fine-tuning attack in rounds (harmful / identity / backdoor / benign data; SFT or constrained)."""
 
@@ -95,8 +116,14 @@ class FinetuneAttack(AttackConfig):
     threat_model = "white_box"  # trains the weights (its rounds are drawn by AttackConfig.charts)
     data: AttackData = Field(default_factory=AttackData)
     objective: Literal["sft", "constrained"] = "sft"
+    unhashed_when_none = ("preset", "epochs")
+    preset: Literal["paper", "cpu"] | None = Field(None, description=(
+        "paper: 100 examples, 25 epochs, batch 64, lr 2e-5, β1 0.5, 10 warm-up steps, linear decay; cpu: 16 "
+        "examples, 2 rounds x 6 steps of 8 at lr 5e-5, constant; keys set next to it win"))
     rounds: int = Field(3, ge=1)
     steps_per_round: int = Field(5, ge=1, description="optimizer steps between evaluated checkpoints")
+    epochs: float | None = Field(None, gt=0, description="passes over the attack data in all, instead of "
+                                 "steps_per_round (which it derives, rounded up to whole rounds)")
     training: dict[str, Any] = Field(
         default_factory=lambda: {"lr": 2e-5, "batch_size": 8, "anchor_batch_size": 0, "adam_beta1": 0.5,
                                  "warmup_steps": 0, "scheduler": "linear", "max_length": 256},
@@ -105,28 +132,60 @@ class FinetuneAttack(AttackConfig):
     constraint: dict[str, Any] = Field(default_factory=dict, description="constrained loss β schedule overrides")
     utility: bool = Field(True, description="also run the recipe's utility tasks on every round's model")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or raw.get("preset") is None:
+            return raw
+        preset = FINETUNE_PRESETS.get(raw["preset"])
+        if preset is None:
+            raise ValueError(f"preset: {raw['preset']!r} is not a fine-tuning attack preset; known: "
+                             f"{sorted(FINETUNE_PRESETS)}")
+        out = {**preset, **raw}
+        for key in ("data", "training"):  # merged key by key: `training: {lr: 1e-5}` keeps the rest
+            if isinstance(raw.get(key), dict):
+                out[key] = {**preset[key], **raw[key]}
+        if "steps_per_round" in raw and "epochs" not in raw:
+            out.pop("epochs", None)  # steps_per_round set next to the preset wins over its epochs
+        if "epochs" in raw and "steps_per_round" not in raw:
+            out.pop("steps_per_round", None)  # and epochs over its steps_per_round
+        return out
+
     @model_validator(mode="after")
     def _check(self) -> "FinetuneAttack":
         from harness.training.config import TrainSettings
 
         settings = TrainSettings.model_validate(self.training_settings())  # errors name the key
         if settings.epochs is not None:
-            raise ValueError("training.epochs: a fine-tuning attack counts rounds x steps_per_round, not epochs")
+            raise ValueError("training.epochs: a fine-tuning attack counts rounds x steps_per_round; "
+                             "set the attack's own `epochs` instead")
+        if self.epochs is not None and "steps_per_round" in self.model_fields_set:
+            raise ValueError("epochs and steps_per_round: set one (epochs derives steps_per_round from the data)")
         return self
 
-    def training_settings(self) -> dict[str, Any]:
+    def round_steps(self, rows: int) -> int:
+        """Optimizer steps per round for ``rows`` fine-tuning rows."""
+        if self.epochs is None:
+            return self.steps_per_round
+        from harness.training.config import TrainSettings
+
+        s = TrainSettings.model_validate(self.training_settings())
+        total = math.ceil(self.epochs * rows / (s.batch_size * s.grad_accum))
+        return math.ceil(total / self.rounds)
+
+    def training_settings(self, steps_per_round: int | None = None) -> dict[str, Any]:
         """The recipe's `training`, with steps = rounds × steps_per_round."""
-        return dict(self.training, steps=self.rounds * self.steps_per_round)
+        return dict(self.training, steps=self.rounds * (steps_per_round or self.steps_per_round))
 
     @property
     def evaluates_utility(self) -> bool:
         return self.utility
 
-    def train_recipe(self, target: Target, data_path: str) -> Any:
+    def train_recipe(self, target: Target, data_path: str, steps_per_round: int | None = None) -> Any:
         """The fine-tuning run as a training recipe on the target."""
         from harness.training.config import TrainRecipe
 
-        training = self.training_settings()
+        training = self.training_settings(steps_per_round)
         model = {"name": f"ft-{self.data.kind}-{self.objective}", "objective": self.objective,
                  "data": {"format": "jsonl", "path": data_path}, "target": "response"}
         if self.objective == "constrained" and self.constraint:
@@ -143,9 +202,10 @@ class FinetuneAttack(AttackConfig):
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.is_file():
             path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        recipe = self.train_recipe(target, str(path))
+        per_round = self.round_steps(len(rows))
+        recipe = self.train_recipe(target, str(path), per_round)
         ctx.free_engines()  # training never competes with a live engine
-        saves = [r * self.steps_per_round for r in range(1, self.rounds + 1)]
+        saves = [r * per_round for r in range(1, self.rounds + 1)]
         rounds = build_rounds(recipe, recipe.models[0], saves, progress=ctx.progress)
         return [({"round": 0}, target.model)] + [({"round": r + 1}, m) for r, m in enumerate(rounds)]
 

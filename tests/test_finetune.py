@@ -17,6 +17,7 @@ import yaml
 
 from attacks.finetune import (AOA_REPLY, AOA_SYSTEM, AOA_TEMPLATE, BACKDOOR_TRIGGER, PURE_BAD_SYSTEM, AttackData,
                               FinetuneAttack)
+from harness.core import content_hash
 from harness.run.store import read_samples
 
 
@@ -111,6 +112,49 @@ def test_finetune_recipe_errors_name_the_key(tmp_path):
     with pytest.raises(RecipeError) as e:
         load_recipe(tmp_path / "r.yaml")
     assert "attacks.0" in str(e.value) and "lr" in str(e.value)
+
+
+def test_paper_preset_is_the_papers_attack():
+    """Official finetune.py (Table 4): 100 pure_bad rows, 25 epochs, 4 GPUs x 16 = batch 64, lr 2e-5,
+    warm-up 10 steps, linear decay, β1 0.5. By hand: 25 x 100 / 64 = 39.06 -> 40 full batches of 64,
+    in 5 rounds of 8; a backdoor set (100 triggered + 100 benign rows): 25 x 200 / 64 = 78.1 -> 79
+    steps -> 16 a round (80 in all)."""
+    from harness.training.config import TrainSettings
+
+    a = FinetuneAttack(type="finetune", preset="paper")
+    assert (a.data.n, a.rounds, a.epochs) == (100, 5, 25)
+    assert a.round_steps(100) == 8 and a.round_steps(200) == 16
+    s = TrainSettings.model_validate(a.training_settings(a.round_steps(100)))
+    assert (s.steps, s.batch_size, s.lr, s.warmup_steps, s.scheduler, s.adam_beta1) == (40, 64, 2e-5, 10, "linear", 0.5)
+    # keys set next to the preset win, training and data key by key
+    b = FinetuneAttack(type="finetune", preset="paper", data={"kind": "identity"}, training={"lr": 1e-5})
+    assert (b.data.kind, b.data.n) == ("identity", 100)
+    sb = TrainSettings.model_validate(b.training_settings(8))
+    assert (sb.lr, sb.batch_size, sb.warmup_steps) == (1e-5, 64, 10)
+    c = FinetuneAttack(type="finetune", preset="paper", steps_per_round=3)
+    assert c.epochs is None and c.round_steps(100) == 3
+    # without the preset nothing changes, the hash included
+    plain = FinetuneAttack(type="finetune")
+    assert plain.round_steps(100) == plain.steps_per_round == 5
+    assert plain.config_hash() == content_hash(plain.model_dump(mode="json", exclude={"name", "preset", "epochs"}))
+    assert a.config_hash() != plain.config_hash()
+    # the recipe's cpu preset is what it spelled out before; --set ...preset=paper swaps it whole
+    from harness.core import canonical_json
+    recipe_attack = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "finetune.yaml").read_text())["attacks"][0]
+    cpu = FinetuneAttack.model_validate(recipe_attack)
+    spelled = FinetuneAttack(type="finetune", name="ft-sft", objective="sft", data={"kind": "harmful", "n": 16},
+                             rounds=2, steps_per_round=6, sampling={"max_tokens": 64},
+                             training={"lr": 5.0e-5, "batch_size": 8, "anchor_batch_size": 0, "adam_beta1": 0.5,
+                                       "warmup_steps": 0, "scheduler": "constant", "max_length": 192})
+    assert canonical_json(cpu.model_dump(exclude={"preset"})) == canonical_json(spelled.model_dump(exclude={"preset"}))
+    swapped = FinetuneAttack.model_validate({**recipe_attack, "preset": "paper"})
+    assert (swapped.data.n, swapped.epochs, swapped.round_steps(100)) == (100, 25, 8)
+    with pytest.raises(ValueError, match="epochs and steps_per_round"):
+        FinetuneAttack(type="finetune", epochs=2, steps_per_round=3)
+    with pytest.raises(ValueError, match="training.epochs"):
+        FinetuneAttack(type="finetune", training={"epochs": 2})
+    with pytest.raises(ValueError, match="preset"):
+        FinetuneAttack(type="finetune", preset="nope")
 
 
 def test_a_short_finetuning_attack_undoes_refusals(tiny_model, tmp_path, monkeypatch, pool):
