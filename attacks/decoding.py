@@ -18,6 +18,13 @@ vLLM's default is top_k=-1 (off); here the values are always explicit and every 
 the temperature, top-p and top-k it ran with (``attack_info``). Set ``pinned.top_k: 50`` to
 reproduce the original's HF defaults.
 
+``reference: jailbreak_llm`` is the original's threat model exactly: the request as raw text with
+no chat template, no BOS and no system prompt (stripped, double quotes removed, as its
+``get_sentence_embedding`` does), and the parameters not being varied from HF's defaults
+(temperature 1, top-p 1, top-k 50) overridden by the model's ``generation_config.json``. It fixes
+``chat_template``, ``system_prompts`` and ``pinned`` (setting them otherwise is an error naming the
+key) and is recorded in the attack hash. Its judge is ``keyword`` with ``reference: jailbreak_llm``.
+
 Reducers: ``any`` (a prompt is broken if any setting or sample is harmful: the paper's "any
 setting in the grid"), ``any by param`` ("broken by temperature / top-p / top-k"), ``best``
 (the single best setting, chosen on the same data). With ``early_stop`` a prompt that is
@@ -28,13 +35,15 @@ default.
 
 from __future__ import annotations
 
+import json
 from itertools import product
+from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from attacks.base import AttackConfig, Example, PlannedSample, Sampling, SettingChart, Target
-from harness.core import ReducerConfig, SamplingConfig, StrictModel
+from harness.core import BuiltPrompt, ReducerConfig, SamplingConfig, StrictModel
 
 
 def steps(start: float, stop: float, step: float) -> list[float]:
@@ -51,11 +60,30 @@ class Pinned(StrictModel):
     top_k: int = Field(0, ge=0, description="0 = off")
 
 
+HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers GenerationConfig
+
+
+def generation_defaults(model_dir: Path) -> Pinned:
+    """HF's sampling defaults, overridden by the model folder's generation_config.json."""
+    values = dict(HF_SAMPLING_DEFAULTS)
+    path = Path(model_dir) / "generation_config.json"
+    if path.is_file():
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        values.update({k: cfg[k] for k in values if cfg.get(k) is not None})
+    return Pinned(**values)
+
+
+REFERENCE_MODES: dict[str, dict[str, Any]] = {
+    "jailbreak_llm": {"chat_template": [False], "system_prompts": ["none"]},
+}
+
+
 class DecodingAttack(AttackConfig):
     """Decoding-parameter sweep (temperature / top-p / top-k, greedy; with and without system prompt)."""
 
     type: Literal["decoding"] = "decoding"
     threat_model = "black_box"  # control of sampling, no weights
+    unhashed_when_none = ("reference",)
     charts = (SettingChart("decoding", "ASR by {split}", "value", "{split}", "One parameter varied, the others pinned.",
                            split="param", split_values=("temperature", "top_p", "top_k"), as_float=True,
                            note=("param", "greedy", "Greedy decoding")),
@@ -76,6 +104,25 @@ class DecodingAttack(AttackConfig):
     reducers: list[ReducerConfig] = Field(default_factory=lambda: [ReducerConfig(type="any"),
                                                                    ReducerConfig(type="any", by="param"),
                                                                    ReducerConfig(type="best")])
+    reference: Literal["jailbreak_llm"] | None = Field(None, description=(
+        "jailbreak_llm: the original exactly (raw text, no BOS, no system prompt; unvaried parameters from HF "
+        "defaults and the model's generation_config)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_fixes_its_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("reference") is None:
+            return data
+        mode = data["reference"]
+        fixed = REFERENCE_MODES.get(mode)
+        if fixed is None:
+            raise ValueError(f"reference: {mode!r} is not a decoding reference mode; known: {sorted(REFERENCE_MODES)}")
+        if "pinned" in data:
+            raise ValueError(f"reference: {mode} takes the unvaried parameters from the model; drop pinned")
+        for key, want in fixed.items():
+            if key in data and list(data[key]) != want:
+                raise ValueError(f"reference: {mode} fixes {key} to {want!r}; got {key}: {data[key]!r} (drop {key})")
+        return {**data, **fixed}
 
     @field_validator("temperatures")
     @classmethod
@@ -113,9 +160,9 @@ class DecodingAttack(AttackConfig):
             return full.temperatures, full.top_ps, full.top_ks
         return self.temperatures, self.top_ps, self.top_ks
 
-    def decoding_settings(self) -> list[tuple[dict[str, Any], dict[str, float | int]]]:
+    def decoding_settings(self, pin: Pinned | None = None) -> list[tuple[dict[str, Any], dict[str, float | int]]]:
         """(setting shown in tables, explicit decoding values) for every grid point."""
-        pin = self.pinned
+        pin = pin or self.pinned
         temperatures, top_ps, top_ks = self.lists()
         out: list[tuple[dict[str, Any], dict[str, float | int]]] = []
         if self.greedy:
@@ -132,13 +179,20 @@ class DecodingAttack(AttackConfig):
                 for k in top_ks]
         return out
 
-    def settings(self) -> list[tuple[dict[str, Any], Sampling, dict[str, Any]]]:
+    def pinned_for(self, target: Target | None) -> Pinned:
+        """The unvaried parameters: ``pinned``, or (reference mode) the model's generation defaults."""
+        if self.reference is None or target is None:
+            return self.pinned
+        return generation_defaults(target.model.path)
+
+    def settings(self, target: Target | None = None) -> list[tuple[dict[str, Any], Sampling, dict[str, Any]]]:
         """Every (setting, sampling, prompt options) of the attack, in plan order."""
         base = self.sampling
         out = []
+        pin = self.pinned_for(target)
         for chat in self.chat_template:
             for system in (self.system_prompts if chat else ["none"]):
-                for shown, values in self.decoding_settings():
+                for shown, values in self.decoding_settings(pin):
                     setting = dict(shown, system=system) if chat else dict(shown, chat=False)
                     n = 1 if values["temperature"] == 0 else self.samples  # greedy: one sample is all samples
                     sampling = Sampling(values["temperature"], values["top_p"], values["top_k"], base.max_tokens,
@@ -152,14 +206,18 @@ class DecodingAttack(AttackConfig):
         if sampling.seed is None:
             sampling = Sampling(sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_tokens,
                                 sampling.n, seed, sampling.stop)
-        prompt = target.builder.build(ex.prompt, system=options["system"], chat=options["chat"])
+        if self.reference == "jailbreak_llm":  # its get_sentence_embedding: no special tokens at all
+            text = ex.prompt.strip().replace('"', "")
+            prompt = BuiltPrompt(prompt_ids=tuple(target.builder.encode(text)))
+        else:
+            prompt = target.builder.build(ex.prompt, system=options["system"], chat=options["chat"])
         info = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                 "system": options["system"], "chat_template": options["chat"]}
         return PlannedSample(ex, setting, sampling, prompt, info=info)
 
     def plan(self, examples: list[Example], target: Target, artifacts: dict[str, Any],
              seed: int) -> Iterator[PlannedSample]:
-        for setting, sampling, options in self.settings():  # setting-major: one prompt's settings share a prefix
+        for setting, sampling, options in self.settings(target):  # setting-major: one prompt's settings share a prefix
             for ex in examples:
                 yield self._planned(ex, target, setting, sampling, options, seed)
 
@@ -167,7 +225,7 @@ class DecodingAttack(AttackConfig):
                   broken: set[str]) -> list[PlannedSample] | None:
         if not self.early_stop:
             return super().plan_wave(examples, target, artifacts, seed, wave, broken)
-        grid = self.settings()
+        grid = self.settings(target)
         if wave >= len(grid):
             return None
         setting, sampling, options = grid[wave]
