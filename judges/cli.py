@@ -31,7 +31,8 @@ examples:
   --judge llm:rubric=hexphi,model=judge,base_url=http://127.0.0.1:8000/v1,api_key_env=null
   --judge llm:rubric=llama_guard,transport=local,model=smollm2-135m-instruct,engine.kv_cache_gib=1
   --judge '{type: chain, judges: [{type: llm, rubric: harmbench, model: gpt-4o}, {type: keyword}]}'
-LLM judge keys: rubric (hexphi|harmbench|llama_guard|strongreject|refusal), transport
+  --judge llm:reference=qi2025,model=gpt-4-turbo      # the paper's GPT-4 judge (prompt, prefill, score 5)
+LLM judge keys: reference (qi2025), rubric (hexphi|harmbench|llama_guard|strongreject|refusal|qi2025), transport
 (openai|local), model | model_env, base_url | base_url_env, api_key_env (default
 OPENAI_API_KEY; null for none; keys are read from the environment only), concurrency (8),
 timeout, max_retries, max_tokens, threshold, partial, include_prefill, engine.* (local).

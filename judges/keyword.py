@@ -41,7 +41,7 @@ from typing import Any, Literal, Sequence
 from pydantic import Field, model_validator
 
 from harness.core import JudgeConfig, content_hash
-from judges.base import JudgeInput, Verdict
+from judges.base import JudgeInput, Verdict, with_reference_mode
 
 
 @dataclass(frozen=True)
@@ -143,16 +143,7 @@ class KeywordJudgeConfig(JudgeConfig):
     @model_validator(mode="before")
     @classmethod
     def _reference_fixes_its_keys(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or data.get("reference") is None:
-            return data
-        mode = data["reference"]
-        fixed = REFERENCE_MODES.get(mode)
-        if fixed is None:
-            raise ValueError(f"reference: {mode!r} is not a keyword reference mode; known: {sorted(REFERENCE_MODES)}")
-        for key, want in fixed.items():
-            if key in data and data[key] != want:
-                raise ValueError(f"reference: {mode} fixes {key} to {want!r}; got {key}: {data[key]!r} (drop {key})")
-        return {**data, **fixed}
+        return with_reference_mode(data, REFERENCE_MODES, "keyword")
 
     def phrase_set(self) -> PhraseSet:
         if isinstance(self.phrases, str):

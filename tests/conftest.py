@@ -178,6 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = body["model"]
         with srv.lock:
             srv.requests.append(model)
+            srv.bodies.append(body)
             srv.auth.append(self.headers.get("Authorization"))
             n = srv.requests.count(model)
         if model == "flaky429" and n <= 2:
@@ -220,7 +221,7 @@ def flaky():
     """A real HTTP server on 127.0.0.1 speaking the OpenAI chat API (stands in for a paid judge API)."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
-    srv.lock, srv.requests, srv.auth = threading.Lock(), [], []
+    srv.lock, srv.requests, srv.auth, srv.bodies = threading.Lock(), [], [], []
     srv.cond, srv.release = threading.Condition(srv.lock), threading.Event()
     srv.in_flight = srv.max_in_flight = 0
     srv.sleepy_open = True
