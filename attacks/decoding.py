@@ -43,7 +43,7 @@ from typing import Any, Iterator, Literal
 from pydantic import Field, field_validator, model_validator
 
 from attacks.base import AttackConfig, Example, PlannedSample, Sampling, SettingChart, Target
-from harness.core import BuiltPrompt, ReducerConfig, SamplingConfig, StrictModel
+from harness.core import BuiltPrompt, ReducerConfig, SamplingConfig, StrictModel, with_reference_mode
 
 
 def steps(start: float, stop: float, step: float) -> list[float]:
@@ -111,18 +111,9 @@ class DecodingAttack(AttackConfig):
     @model_validator(mode="before")
     @classmethod
     def _reference_fixes_its_keys(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or data.get("reference") is None:
-            return data
-        mode = data["reference"]
-        fixed = REFERENCE_MODES.get(mode)
-        if fixed is None:
-            raise ValueError(f"reference: {mode!r} is not a decoding reference mode; known: {sorted(REFERENCE_MODES)}")
-        if "pinned" in data:
-            raise ValueError(f"reference: {mode} takes the unvaried parameters from the model; drop pinned")
-        for key, want in fixed.items():
-            if key in data and list(data[key]) != want:
-                raise ValueError(f"reference: {mode} fixes {key} to {want!r}; got {key}: {data[key]!r} (drop {key})")
-        return {**data, **fixed}
+        if isinstance(data, dict) and data.get("reference") is not None and "pinned" in data:
+            raise ValueError(f"reference: {data['reference']} takes the unvaried parameters from the model; drop pinned")
+        return with_reference_mode(data, REFERENCE_MODES, "decoding")
 
     @field_validator("temperatures")
     @classmethod

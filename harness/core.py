@@ -93,6 +93,22 @@ class LabelledConfig(StrictModel):
         return content_hash(self.model_dump(mode="json", exclude=exclude))
 
 
+def with_reference_mode(data: Any, modes: dict[str, dict[str, Any]], what: str) -> Any:
+    """A plug-in config's raw data with its ``reference`` mode's fixed keys filled in; a key the
+    recipe sets to another value is an error naming it (a reference mode is all or nothing)."""
+    if not isinstance(data, dict) or data.get("reference") is None:
+        return data
+    mode = data["reference"]
+    fixed = modes.get(mode)
+    if fixed is None:
+        raise ValueError(f"reference: {mode!r} is not a {what} reference mode; known: {sorted(modes)}")
+    for key, want in fixed.items():
+        have = data.get(key, want)
+        if (list(have) if isinstance(have, tuple) else have) != want:
+            raise ValueError(f"reference: {mode} fixes {key} to {want!r}; got {key}: {have!r} (drop {key})")
+    return {**data, **fixed}
+
+
 # --------------------------------------------------------------------------- shared types
 
 

@@ -20,18 +20,3 @@ class Judge(Protocol):
     def describe(self) -> dict[str, Any]:
         """Every setting that decides its verdicts (hashed into the verdict's judge_hash)."""
         ...
-
-
-def with_reference_mode(data: Any, modes: dict[str, dict[str, Any]], what: str) -> Any:
-    """A judge config's raw data with its ``reference`` mode's fixed keys filled in; a key the
-    recipe sets to another value is an error naming it (a reference mode is all or nothing)."""
-    if not isinstance(data, dict) or data.get("reference") is None:
-        return data
-    mode = data["reference"]
-    fixed = modes.get(mode)
-    if fixed is None:
-        raise ValueError(f"reference: {mode!r} is not a {what} reference mode; known: {sorted(modes)}")
-    for key, want in fixed.items():
-        if key in data and data[key] != want:
-            raise ValueError(f"reference: {mode} fixes {key} to {want!r}; got {key}: {data[key]!r} (drop {key})")
-    return {**data, **fixed}

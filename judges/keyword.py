@@ -40,8 +40,8 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field, model_validator
 
-from harness.core import JudgeConfig, content_hash
-from judges.base import JudgeInput, Verdict, with_reference_mode
+from harness.core import JudgeConfig, content_hash, with_reference_mode
+from judges.base import JudgeInput, Verdict
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
-from harness.core import JudgeConfig
+from harness.core import JudgeConfig, with_reference_mode
 from harness.engine.base import EngineSettings
 from harness.errors import RecipeError
-from judges.base import JudgeInput, Verdict, with_reference_mode
+from judges.base import JudgeInput, Verdict
 from judges.cache import JudgeCache, judge_key
 from judges.parsers import PARSERS, ParseError, Parsed, parse_refusal_class
 from judges.transport import JudgeError, Messages, OpenAITransport, Reply, RetryPolicy, Transport
