@@ -205,8 +205,8 @@ class Trainer:
         batcher = Batcher(main, self.anchor_pairs, s.batch_size, s.anchor_batch_size, s.max_length, pad, s.seed,
                           augment=spec.objective == "augmented", p_zero=spec.augmentation.p_zero,
                           max_k=spec.augmentation.max_k,
-                          contrast_rows=spec.contrast.rows if spec.contrast else 0,
-                          contrast_window=spec.contrast.window if spec.contrast else 32)
+                          **({"contrast_rows": spec.contrast.rows, "contrast_window": spec.contrast.window}
+                             if spec.contrast else {}))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=s.lr, betas=(s.adam_beta1, s.adam_beta2), weight_decay=s.weight_decay)
         # not prepared: a prepared scheduler steps once per process per step under multi-process
