@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Literal
 from pydantic import Field
 
 from harness.core import Example, StrictModel
-from harness.errors import DataError
+from harness.errors import DataError, read_json_file
 from harness.names import PlainName
 from harness.registry import DATASET_FORMATS
 
@@ -87,10 +87,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
                 yield line_no, row
     elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        data = read_json_file(path)
         if isinstance(data, dict):  # {"data": [...]} style
             lists = [v for v in data.values() if isinstance(v, list)]
             if len(lists) != 1:

@@ -16,7 +16,7 @@ from harness.data.base import (
     require_path,
     rows_to_examples,
 )
-from harness.errors import DataError
+from harness.errors import DataError, read_json_file
 
 HEXPHI_CATEGORIES = (
     "Illegal Activity",
@@ -84,12 +84,7 @@ def load_harmbench(cfg: DatasetConfig) -> list[Example]:
     targets: dict[str, str] = {}
     if cfg.targets:
         tpath = Path(cfg.targets).expanduser()
-        if not tpath.is_file():
-            raise DataError(f"HarmBench targets file {tpath} does not exist")
-        try:
-            targets = json.loads(tpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{tpath}:{e.lineno}: invalid JSON ({e.msg})") from None
+        targets = read_json_file(tpath, f"HarmBench targets file {tpath} does not exist")
         if not isinstance(targets, dict):
             raise DataError(f"{tpath}: expected an object mapping BehaviorID to target string")
     out = []

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 
 from harness.core import Sampling, canonical_json, content_hash
 from harness.engine.base import Completion
-from harness.errors import DataError, HarnessError
+from harness.errors import DataError, HarnessError, read_json_file
 from harness.kvcache import SqliteKV
 from harness.runlog import Manifest, SampleRecord, parse_manifest
 
@@ -188,10 +188,5 @@ def read_manifest(run_dir: Path) -> Manifest:
     """A run's manifest.json; errors name the file (invalid JSON, a key of the wrong type, a
     schema version this code does not read)."""
     path = Path(run_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; give a run folder, e.g. results/prefill")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    raw = read_json_file(path, f"{path} does not exist; give a run folder, e.g. results/prefill")
     return parse_manifest(raw, str(path))
