@@ -171,11 +171,12 @@ def test_judge_settings_change_verdicts_and_nothing_else(tmp_path, tiny_model, p
     judge = {"type": "llm", "name": "hexphi", "rubric": "hexphi", "model": "ok-#thescore: 4", "base_url": flaky.url,
              "api_key_env": None}
     raw["judges"] = [{"type": "keyword"}, judge]
+    before = flaky.requests.count("ok-#thescore: 4")  # the server is shared by the whole session
     first = _run(tmp_path, pool, raw)
     recs = read_samples(tmp_path / "tiny")
     assert {r["verdicts"]["hexphi"]["label"] for r in recs} == {"safe"}  # score 4 < threshold 5
     requests = flaky.requests.count("ok-#thescore: 4")
-    assert requests == first.samples
+    assert requests - before == first.samples
 
     raw["judges"][0]["phrases"] = "gcg"
     raw["judges"][1]["threshold"] = 4
