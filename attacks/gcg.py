@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from attacks.base import AttackConfig, Example, PlannedSample, Target
 from attacks.gcg_optim import GCGConfig, GCGResult, GCGSettings, ProbeSamplingConfig, load_model, run
+from attacks.gcg_problem import UNHASHED_WHEN_NONE
 from harness.core import StrictModel, content_hash
 from harness.prompts import Segments
 
@@ -46,6 +47,7 @@ class GCGAttack(AttackConfig, GCGSettings):
 
     type: Literal["gcg"] = "gcg"
     threat_model = "white_box"  # gradients of the target's weights
+    unhashed_when_none = UNHASHED_WHEN_NONE
     mode: Literal["individual", "universal"] = Field(
         "individual", description="individual: one suffix per prompt; universal: one suffix for all prompts")
     universal_train: int | None = Field(
@@ -58,7 +60,8 @@ class GCGAttack(AttackConfig, GCGSettings):
     separator: str = Field(" ", description="text between the user's request and the suffix")
     system: str = Field("default", description="default (the recipe's / template's) | none | a system prompt text")
     baseline: bool = Field(False, description="also plan each prompt without a suffix (setting suffix=none)")
-    # --- the optimiser's settings come from GCGSettings (nanoGCG 0.3.0's defaults)
+    # --- the optimiser's settings come from GCGSettings (nanoGCG 0.3.0's defaults; `reference: nanogcg`
+    # for its semantics too)
     probe_sampling: ProbeSamplingSpec | None = None
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -79,8 +82,10 @@ class GCGAttack(AttackConfig, GCGSettings):
     # -- settings -------------------------------------------------------------------------
     def algorithm(self) -> dict[str, Any]:
         """Every setting that changes the optimised suffix (hashed into the artefact key): the
-        optimiser's settings but the seed (keyed separately), probe sampling and the dtype."""
+        optimiser's settings but the seed (keyed separately), probe sampling and the dtype; the
+        reference-mode keys only when set (older artefact keys stay valid)."""
         keep = (set(GCGSettings.model_fields) - {"seed"}) | {"probe_sampling", "dtype"}
+        keep -= {k for k in UNHASHED_WHEN_NONE if getattr(self, k) is None}
         return self.model_dump(mode="json", include=keep)
 
     def gcg_config(self, seed: int, draft: Any = None) -> GCGConfig:

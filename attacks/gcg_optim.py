@@ -35,10 +35,18 @@ and benchmarks.
 
 Universal mode: several prompts (and optionally several models sharing the tokenizer) share
 one suffix; the loss is the mean (or sum) over (model, prompt) pairs, the gradient the sum over
-models of each model's row-normalised gradient (as llm-attacks does). Early stopping fires
-once greedy decoding of the current suffix starts with the target on every pair; that is
-checked with the teacher-forced argmax of the same forward pass (greedy decoding reproduces
-y exactly iff argmax p(· | …, y_<t) = y_t for every t), so it costs nothing extra.
+models of each model's row-normalised gradient (as llm-attacks does; ``grad_norm: prompt``
+also normalises each prompt's gradient first, as its ``token_gradients`` does). Early stopping
+fires once greedy decoding of the step's best suffix starts with the target on every pair
+(``early_stop_on: any``: of any candidate of the step, nanoGCG's rule); that is checked with
+the teacher-forced argmax of the same forward pass (greedy decoding reproduces y exactly iff
+argmax p(· | …, y_<t) = y_t for every t), so it costs nothing extra.
+
+``reference: nanogcg`` (``attacks.gcg_problem.REFERENCE_MODES``) fixes the three semantics in
+which nanoGCG / llm-attacks differ: mellowmax of −logits, per-prompt gradient normalisation and
+the any-candidate early stop, off unless set. What stays ours in that mode: the best suffix
+prefers a matched one over a lower loss (nanoGCG: lowest loss), and the prompt is the harness's
+token segments (nanoGCG strips the BOS text from the rendered template).
 
 The per-pair maths (filters, sampling, losses, caches) lives in ``attacks.gcg_problem``;
 ``attacks.gcg.GCGAttack`` wraps the optimiser as a harness attack (``type: gcg``).
@@ -57,7 +65,8 @@ from attacks.gcg_problem import (KV, GCGConfig, GCGSettings, Problem, ProbeSampl
                                  verify_greedy)
 from harness.prompts import Segments
 
-__all__ = ["GCGConfig", "GCGResult", "GCGSettings", "ProbeSamplingConfig", "load_model", "run", "segments_of"]
+__all__ = ["GCGConfig", "GCGResult", "GCGSettings", "ProbeSamplingConfig", "combine_gradients", "load_model", "run",
+           "segments_of"]
 
 
 @dataclass
@@ -89,6 +98,21 @@ class GCGResult:
 # =========================================================================== the optimiser
 
 
+def _row_normalised(g: torch.Tensor) -> torch.Tensor:
+    return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def combine_gradients(grads: torch.Tensor, n_models: int, per_prompt: bool = False) -> torch.Tensor:
+    """One direction (n × |V|) from the per-pair gradients ``grads`` (models·prompts × n × |V|,
+    model-major): Σ over models of the row-normalised Σ over that model's prompts. With
+    ``per_prompt`` each prompt's gradient is row-normalised before that sum, as llm-attacks'
+    ``token_gradients`` returns it, so a prompt with large gradients does not drown the others."""
+    if per_prompt:
+        grads = _row_normalised(grads)
+    per_model = grads.view(n_models, -1, *grads.shape[1:]).sum(1)
+    return _row_normalised(per_model).sum(0)
+
+
 class _Objective:
     """The losses over every (model, prompt) pair, reduced by ``loss_reduction``."""
 
@@ -101,8 +125,8 @@ class _Objective:
         return per_pair.mean(0) if self.config.loss_reduction == "mean" else per_pair.sum(0)
 
     def gradient(self, ids: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
-        """Σ over models of the row-normalised gradient of that model's pairs' loss (one model:
-        the gradient itself up to a positive per-row scale, which top-k ignores)."""
+        """The search direction (``combine_gradients``; one pair: the gradient itself up to a
+        positive per-row scale, which top-k ignores), the reduced loss and the greedy match."""
         grads, losses, matched = [], [], []
         for i, p in enumerate(self.problems):
             g, loss, match, kv = token_gradient(p, ids)
@@ -111,9 +135,8 @@ class _Objective:
             matched.append(match)
             self.ref_kvs[i] = kv
         self.ref_ids = ids
-        per_model = torch.stack(grads).view(self.n_models, -1, *grads[0].shape).sum(1)
-        per_model = per_model / per_model.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return per_model.sum(0), float(self.reduce(torch.tensor(losses))), all(matched)
+        direction = combine_gradients(torch.stack(grads), self.n_models, self.config.grad_norm == "prompt")
+        return direction, float(self.reduce(torch.tensor(losses))), all(matched)
 
     def set_reference(self, ids: torch.Tensor) -> None:
         """Make ``ids`` the reference suffix and compute its KV caches, without a gradient (the
@@ -249,11 +272,14 @@ def run(model: Any, tokenizer: Any, prompts: Messages | Segments | Sequence[Mess
 
     ids = _init_ids(tokenizer, config, device)
     buffer = _Buffer(config.buffer_size)
+    any_rule = config.early_stop_on == "any"
     grad, init_loss, init_match = objective.gradient(ids)
     buffer.add(init_loss, ids)
+    init_any = init_match
     if config.buffer_size > 1:
         extra = _random_inits(ids, config.buffer_size - 1, forbidden, tokenizer, generator)
-        extra_losses, _ = objective.losses(extra)
+        extra_losses, extra_match = objective.losses(extra)
+        init_any = init_any or bool(extra_match.any())
         for loss, row in zip(extra_losses.tolist(), extra):
             buffer.add(loss, row)
     best = (not init_match, init_loss, ids)  # matched suffixes first, then by loss
@@ -262,7 +288,7 @@ def run(model: Any, tokenizer: Any, prompts: Messages | Segments | Sequence[Mess
     step_times: list[float] = []
     evaluated, stop = 0, "num_steps"
     bar = _progress(config)
-    if config.early_stop and init_match:
+    if config.early_stop and init_match and not any_rule:
         stop = "early_stop"
     for step in range(0 if stop == "early_stop" else config.num_steps):
         if config.time_budget_s is not None and time.perf_counter() - t0 >= config.time_budget_s:
@@ -279,7 +305,7 @@ def run(model: Any, tokenizer: Any, prompts: Messages | Segments | Sequence[Mess
                 raise RuntimeError("GCG: no candidate survives decode -> encode; set `filter_ids: false` or "
                                    "choose another `optim_str_init`")
         cands = torch.unique(cands, dim=0)
-        step_loss, step_ids, step_match, n_eval = _evaluate(objective, draft, cands, config, generator)
+        step_loss, step_ids, step_match, any_match, n_eval = _evaluate(objective, draft, cands, config, generator)
         evaluated += n_eval
         buffer.add(step_loss, step_ids)
         losses.append(step_loss)
@@ -288,7 +314,8 @@ def run(model: Any, tokenizer: Any, prompts: Messages | Segments | Sequence[Mess
         best = min(best, (not step_match, step_loss, step_ids), key=lambda e: (e[0], e[1]))
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", best=f"{best[1]:.3f}")
-        if config.early_stop and step_match:
+        # nanoGCG's flag: set by any candidate (the initial buffer's too), checked after the step
+        if config.early_stop and (step_match or (any_rule and (any_match or init_any))):
             stop = "early_stop"
             break
     bar.close()
@@ -301,12 +328,13 @@ def run(model: Any, tokenizer: Any, prompts: Messages | Segments | Sequence[Mess
 
 
 def _evaluate(objective: _Objective, draft: _Objective | None, cands: torch.Tensor, config: GCGConfig,
-              generator: torch.Generator) -> tuple[float, torch.Tensor, bool, int]:
-    """The step's best candidate: (loss, ids, greedy match, losses computed on the target)."""
+              generator: torch.Generator) -> tuple[float, torch.Tensor, bool, bool, int]:
+    """The step's best candidate: (loss, ids, its greedy match, whether any candidate scored on
+    the target matches, losses computed on the target)."""
     if draft is None:
         losses, match = objective.losses(cands)
         i = int(losses.argmin())
-        return float(losses[i]), cands[i], bool(match[i]), cands.shape[0]
+        return float(losses[i]), cands[i], bool(match[i]), bool(match.any()), cands.shape[0]
     ps = config.probe_sampling
     b = cands.shape[0]
     probe = torch.randperm(b, generator=generator)[:max(1, b // ps.sampling_factor)].to(cands.device)
@@ -320,7 +348,7 @@ def _evaluate(objective: _Objective, draft: _Objective | None, cands: torch.Tens
     idx = torch.cat([probe, chosen])
     all_losses, all_match = torch.cat([probe_losses, chosen_losses]), torch.cat([probe_match, chosen_match])
     i = int(all_losses.argmin())
-    return float(all_losses[i]), cands[idx[i]], bool(all_match[i]), idx.shape[0]
+    return float(all_losses[i]), cands[idx[i]], bool(all_match[i]), bool(all_match.any()), idx.shape[0]
 
 
 def _progress(config: GCGConfig) -> Any:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ConfigDict, Field, model_validator
 
-from harness.core import StrictModel
+from harness.core import StrictModel, with_reference_mode
 from harness.prompts import Segments
 
 DEFAULT_INIT = " ".join(["x"] * 20)  # nanoGCG 0.3.0's init (Zou et al. used 20 "!" tokens)
@@ -23,18 +23,34 @@ DEFAULT_SEARCH_WIDTH = 512
 DEFAULT_TOPK = 256
 CPU_TOKENS_PER_BATCH = 1024  # tokens per forward pass on CPU (see auto_batch_size)
 
-__all__ = ["GCGConfig", "GCGSettings", "KV", "Problem", "ProbeSamplingConfig", "auto_batch_size", "candidate_losses",
-           "forbidden_mask", "kv_cache", "kv_of", "mellowmax", "retokenizes", "sample_candidates", "target_loss",
-           "token_gradient", "verify_greedy"]
+__all__ = ["GCGConfig", "GCGSettings", "KV", "Problem", "ProbeSamplingConfig", "REFERENCE_MODES", "auto_batch_size",
+           "candidate_losses", "forbidden_mask", "kv_cache", "kv_of", "mellowmax", "retokenizes", "sample_candidates",
+           "target_loss", "token_gradient", "verify_greedy"]
 
 
 # =========================================================================== configuration
 
 
+# what ``reference: nanogcg`` fixes (key -> value) and the defaults it changes (the recipe may set
+# those, as nanoGCG's own config can): nanoGCG 0.3.0 with llm-attacks' universal gradient
+REFERENCE_MODES: dict[str, dict[str, Any]] = {
+    "nanogcg": {"mellowmax_on": "neg_logits", "grad_norm": "prompt", "early_stop_on": "any"},
+}
+REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {"nanogcg": {"early_stop": False}}
+# keys added after artefact keys were recorded: left out of the hashes while unset (None)
+UNHASHED_WHEN_NONE = ("reference", "mellowmax_on", "grad_norm", "early_stop_on")
+
+
 class GCGSettings(StrictModel):
     """The optimiser settings a recipe sets too (written once: ``GCGConfig`` and the attack
     ``attacks.gcg.GCGAttack`` both extend it); the defaults are nanoGCG 0.3.0's (250 steps,
-    20 × "x", width 512, top-k 256), except ``early_stop`` (on here, off in nanoGCG)."""
+    20 × "x", width 512, top-k 256), except ``early_stop`` (on here, off in nanoGCG).
+
+    Three semantics differ from the references unless set (``reference: nanogcg`` sets all
+    three and turns ``early_stop`` off by default): mellowmax of the per-token cross-entropies
+    (nanoGCG: of the negative target logits), universal gradients summed raw per model
+    (llm-attacks: each prompt's row-normalised first) and early stop on the step's best
+    candidate (nanoGCG: on any candidate of the step)."""
 
     optim_str_init: str = DEFAULT_INIT
     num_steps: int = Field(DEFAULT_NUM_STEPS, ge=1)
@@ -55,6 +71,25 @@ class GCGSettings(StrictModel):
     loss_reduction: Literal["mean", "sum"] = "mean"
     time_budget_s: float | None = Field(None, gt=0.0, description="stop a prompt's optimisation after this long "
                                                                    "(machine-dependent results)")
+    mellowmax_on: Literal["ce", "neg_logits"] | None = Field(
+        None, description="what mellowmax smooths over the target: unset/ce: per-token cross-entropies; "
+                          "neg_logits: the negative target logits (nanoGCG)")
+    grad_norm: Literal["model", "prompt"] | None = Field(
+        None, description="universal: unset/model: each model's summed gradient row-normalised; prompt: each "
+                          "prompt's gradient row-normalised before the sum too (llm-attacks)")
+    early_stop_on: Literal["best", "any"] | None = Field(
+        None, description="unset/best: early stop when the step's best candidate matches the target; any: when any "
+                          "candidate of the step (or of the initial buffer) does (nanoGCG)")
+    reference: Literal["nanogcg"] | None = Field(None, description=(
+        "nanogcg: nanoGCG's semantics (mellowmax of -logits, any-candidate early stop, off by default) with "
+        "llm-attacks' per-prompt gradient normalisation in universal mode"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_fixes_its_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("reference") in REFERENCE_DEFAULTS:
+            data = {**REFERENCE_DEFAULTS[data["reference"]], **data}
+        return with_reference_mode(data, REFERENCE_MODES, "GCG")
 
 
 @dataclass
@@ -176,11 +211,17 @@ def mellowmax(x: torch.Tensor, alpha: float, dim: int = -1) -> torch.Tensor:
     return (torch.logsumexp(alpha * x, dim=dim) - math.log(n)) / alpha
 
 
-def target_loss(logits: torch.Tensor, target: torch.Tensor, mellowmax_alpha: float | None = None) -> torch.Tensor:
+def target_loss(logits: torch.Tensor, target: torch.Tensor, mellowmax_alpha: float | None = None,
+                mellowmax_on: str | None = None) -> torch.Tensor:
     """Per-row loss (B,) from logits (B × T × V) at the positions predicting ``target`` (T,):
-    mean cross-entropy, or the mellowmax of the per-token cross-entropies."""
+    mean cross-entropy, or the mellowmax over the T positions of the per-token cross-entropies
+    (``mellowmax_on`` ce, the default) or of the negative target logits (neg_logits, nanoGCG's:
+    no log-softmax, so the other tokens' logits do not enter)."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     b, t, v = logits.shape
+    if mellowmax_alpha is not None and mellowmax_on == "neg_logits":
+        picked = logits.gather(2, target.view(1, t, 1).expand(b, t, 1)).squeeze(2)
+        return mellowmax(-picked, mellowmax_alpha, dim=1)
     ce = F.cross_entropy(logits.reshape(b * t, v), target.repeat(b), reduction="none").view(b, t)
     return ce.mean(dim=1) if mellowmax_alpha is None else mellowmax(ce, mellowmax_alpha, dim=1)
 
@@ -259,7 +300,7 @@ class Problem:
         return out.logits, (cache if keep_cache else None)
 
     def loss_of(self, logits: torch.Tensor) -> torch.Tensor:
-        return target_loss(logits, self.target, self.mm_alpha)
+        return target_loss(logits, self.target, self.mm_alpha, self.config.mellowmax_on)
 
     def matches(self, logits: torch.Tensor) -> torch.Tensor:
         """Teacher-forced greedy check per row: argmax at every target position is the target."""
