@@ -23,7 +23,9 @@ no chat template, no BOS and no system prompt (stripped, double quotes removed, 
 ``get_sentence_embedding`` does), and the parameters not being varied from HF's defaults
 (temperature 1, top-p 1, top-k 50) overridden by the model's ``generation_config.json``. It fixes
 ``chat_template``, ``system_prompts`` and ``pinned`` (setting them otherwise is an error naming the
-key) and is recorded in the attack hash. Its judge is ``keyword`` with ``reference: jailbreak_llm``.
+key) and is recorded in the attack hash. Its judge is ``keyword`` with ``reference: jailbreak_llm``
+(phrase list and word rule), or the whole of the original's (classifier AND that rule) as a
+``type: all_of`` judge whose members are that keyword judge and any classifier (``judges.combine``).
 
 Reducers: ``any`` (a prompt is broken if any setting or sample is harmful: the paper's "any
 setting in the grid"), ``any by param`` ("broken by temperature / top-p / top-k"), ``best``

@@ -144,6 +144,7 @@ JUDGES: Registry[type[JudgeConfig]] = Registry("judge", {
     "keyword": "judges.keyword:KeywordJudgeConfig",
     "llm": "judges.llm:LLMJudgeConfig",
     "chain": "judges.llm:ChainJudgeConfig",
+    "all_of": "judges.combine:AllOfJudgeConfig",
 }, "harness.judges", key=config_type)
 
 UTILITY_TASKS: Registry[type] = Registry("utility task", {
