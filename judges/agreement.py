@@ -1,7 +1,9 @@
-"""Judge agreement (percent agreement, Cohen's κ), mean judge scores, and judge accuracy.
+"""Judge agreement (percent agreement, Cohen's κ, confusion counts), mean judge scores, and judge accuracy.
 
 Both compare binary verdicts (harmful = positive class). Pairwise agreement is computed on
-the samples both judges scored; unscored counts are reported beside it. Accuracy,
+the samples both judges scored; unscored counts are reported beside it, and the confusion
+counts (``harmful_safe``: judge a said harmful, judge b safe; ``unscored`` also stands for any
+label other than harmful/safe) cover every sample both judges gave a verdict. Accuracy,
 precision and recall are computed on the rows the judge scored; the confusion matrix
 keeps an ``unscored`` column so failures stay visible.
 """
@@ -19,8 +21,12 @@ import pandas as pd
 from harness.runlog import SampleRecord
 
 AGREEMENT = "agreement.csv"
-AGREEMENT_COLUMNS = ["judge_a", "judge_b", "n", "agree", "percent_agreement", "kappa", "unscored_a", "unscored_b"]
 BINARY = ("harmful", "safe")
+LABELS = BINARY + ("unscored",)
+# confusion counts: "<judge a's label>_<judge b's label>"
+CONFUSION_COLUMNS = [f"{a}_{b}" for a in LABELS for b in LABELS]
+AGREEMENT_COLUMNS = ["judge_a", "judge_b", "n", "agree", "percent_agreement", "kappa", "unscored_a",
+                     "unscored_b"] + CONFUSION_COLUMNS
 SCORES = "judge_scores.csv"
 SCORE_COLUMNS = ["model", "dataset", "attack", "setting", "judge", "n_scored", "mean_score"]
 
@@ -51,12 +57,20 @@ def pairwise_agreement(records: Iterable[SampleRecord]) -> pd.DataFrame:
     for ja, jb in combinations(judges, 2):
         both = [(v[ja], v[jb]) for v in verdicts if v.get(ja) in BINARY and v.get(jb) in BINARY]
         agree = sum(x == y for x, y in both)
+        confusion = dict.fromkeys(CONFUSION_COLUMNS, 0)
+        for v in verdicts:
+            if ja in v and jb in v:
+                confusion[f"{_label(v[ja])}_{_label(v[jb])}"] += 1
         rows.append(dict(judge_a=ja, judge_b=jb, n=len(both), agree=agree,
                          percent_agreement=100 * agree / len(both) if both else float("nan"),
                          kappa=cohen_kappa([x for x, _ in both], [y for _, y in both]),
                          unscored_a=sum(v.get(ja) == "unscored" for v in verdicts),
-                         unscored_b=sum(v.get(jb) == "unscored" for v in verdicts)))
+                         unscored_b=sum(v.get(jb) == "unscored" for v in verdicts), **confusion))
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
+def _label(label: Any) -> str:
+    return label if label in BINARY else "unscored"
 
 
 def score_table(records: Iterable[SampleRecord]) -> pd.DataFrame:

@@ -27,7 +27,7 @@ import pytest
 from harness.cli import main as harness_main
 from harness.errors import DataError, RecipeError
 from harness.run.store import read_samples, write_samples
-from judges.agreement import binary_metrics, cohen_kappa, pairwise_agreement
+from judges.agreement import CONFUSION_COLUMNS, binary_metrics, cohen_kappa, pairwise_agreement
 from judges.base import LABELS, JudgeInput
 from judges.cache import JudgeCache
 from judges.cli import normalize_label, parse_judge_spec, read_labelled
@@ -221,6 +221,12 @@ def test_kappa_and_agreement_table():
     assert (ab.n, ab.agree, ab.percent_agreement, ab.unscored_a, ab.unscored_b) == (4, 3, 75.0, 1, 0)
     assert ab.kappa == pytest.approx(0.5)
     assert len(t) == 3
+    # confusion counts (a's label, b's label), unscored included: HH, HS, SS, SS, US
+    counts = {c: int(ab[c]) for c in CONFUSION_COLUMNS if ab[c]}
+    assert counts == {"harmful_harmful": 1, "harmful_safe": 1, "safe_safe": 2, "unscored_safe": 1}
+    ac = t.loc[("a", "c")]
+    assert {c: int(ac[c]) for c in CONFUSION_COLUMNS if ac[c]} == {"harmful_safe": 2, "safe_safe": 2,
+                                                                     "unscored_safe": 1}
     m = binary_metrics(["harmful", "harmful", "safe", "safe"], ["harmful", "unscored", "harmful", "safe"])
     assert (m["scored"], m["unscored"], m["tp"], m["fp"], m["tn"], m["fn"]) == (3, 1, 1, 1, 1, 0)
     assert m["confusion"]["harmful"]["unscored"] == 1 and m["accuracy"] == pytest.approx(2 / 3)

@@ -20,7 +20,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         raise HarnessError(f"--samples-per-cell must be >= 1, got {args.samples_per_cell}")
     out = write_report(args.run_dirs, args.out, show_completions=args.show_completions,
-                       samples_per_cell=args.samples_per_cell, title=args.title)
+                       samples_per_cell=args.samples_per_cell, title=args.title, baseline=args.baseline,
+                       depth_dataset=args.depth_dataset)
     size = out.stat().st_size
     print(f"wrote {out} ({size / 1024:.0f} KiB; self-contained, opens offline)")
     return 0
@@ -103,10 +104,12 @@ exit status: 0 pass, 1 regression or inconclusive, 2 bad input or configuration 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="one self-contained HTML report of run folders",
-                       description="Write one HTML file (inline CSS, JS and SVG; opens offline) with a sortable "
-                       "leaderboard, every ASR and utility row, plots (prefill depth, decoding parameters, "
-                       "fine-tuning rounds, attack losses, KL by position), a per-category breakdown, a sample "
-                       "browser and each run's provenance.")
+                       description="Write one HTML file (inline CSS, JS and SVG; opens offline): a sortable "
+                       "leaderboard with one row per model (merged across the run folders by fingerprint) and its "
+                       "depth summary, the ASR-by-depth plot of every model under it, the other plots (decoding "
+                       "parameters, fine-tuning rounds, attack losses, KL by position), judge agreement, then, "
+                       "collapsed, every ASR and utility row and a per-category breakdown; a sample browser and each "
+                       "run's provenance. docs/report.md describes the page.")
     r.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                    help="results/<run-id> folders (evaluation or diagnostics runs)")
     r.add_argument("--out", type=Path, default=Path("report.html"), help="output file (default: report.html)")
@@ -115,6 +118,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--samples-per-cell", type=int, default=500,
                    help="samples per setting included for the browser (default 500)")
     r.add_argument("--title", help="page title")
+    r.add_argument("--baseline", type=Path, metavar="RUN_DIR",
+                   help="compare every cell with this run: the difference and the `harness regress` verdict "
+                        "(pass / regression / inconclusive, default margins) in the leaderboard and a table")
+    r.add_argument("--depth-dataset", metavar="LABEL",
+                   help="the dataset of the depth summary (default: a *natural* one, else the one most models have)")
     r.set_defaults(func=_cmd_report)
 
     c = sub.add_parser("compare", help="side-by-side ASR of runs on matching cells",

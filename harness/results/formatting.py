@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["number", "pct", "pts"]
+__all__ = ["interval", "number", "pct", "pts", "sort_key"]
 
 
 def number(x: Any) -> float:
@@ -27,3 +27,15 @@ def pts(x: Any, digits: int = 1) -> str:
     """A difference of rates in signed percentage points ("+2.5"); "—" when there is none."""
     v = number(x)
     return "—" if math.isnan(v) else f"{100 * v:+.{digits}f}"
+
+
+def interval(lo: Any, hi: Any) -> str:
+    """An interval of rates as percentages ("12–30"); "" when either end is missing."""
+    a, b = number(lo), number(hi)
+    return "" if math.isnan(a) or math.isnan(b) else f"{100 * a:.0f}–{100 * b:.0f}"
+
+
+def sort_key(x: Any) -> str:
+    """A number as a sortable string for the report's tables; "" (sorted last) when there is none."""
+    v = number(x)
+    return "" if math.isnan(v) else f"{v:.6f}"

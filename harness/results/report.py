@@ -2,12 +2,15 @@
 
 One file, no network: CSS, JavaScript and SVG charts are inline, and a Content-Security-
 Policy allows only the page's own script (by hash), so the file opens offline and nothing
-in it can fetch or run anything else. Sections: a leaderboard (models × attacks × datasets:
-the worst setting's ASR with its 95% interval, any-of-N where the attack reduces, utility
-and over-refusal beside them), every summary.csv and utility.csv row, charts
-(``harness.results.figures``), a per-category breakdown, a sample browser (click any ASR to
-see its samples: prompt, the attack's edit, verdicts; completions only with
-``show_completions``) and each run's provenance (models with fingerprints, datasets,
+in it can fetch or run anything else. Layout (docs/report.md): the leaderboard, one row per
+model merged across the runs (``harness.results.leaderboard``) with the depth summary
+(``harness.results.depth``) and, given a baseline, the regress verdict per cell
+(``harness.results.baseline``); the ASR-by-depth plot of every model right under it; the other
+charts as small multiples (``harness.results.figures``), each downloadable as SVG; the judge
+agreement where two judges scored the same samples; then, collapsed, every summary.csv and
+utility.csv row, the per-category breakdown and the baseline comparison; the sample browser
+(click any number to see its samples: prompt, the attack's edit, verdicts; completions only
+with ``show_completions``) and each run's provenance (models with fingerprints, datasets,
 attacks and judges with hashes, seed, engines, hardware, packages, git commit).
 
 Model text is never trusted: tables are rendered by jinja2 with autoescaping, and the
@@ -22,9 +25,7 @@ import base64
 import datetime as _dt
 import hashlib
 import json
-import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -32,26 +33,18 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from harness.registry import attack_class
+from harness.results.baseline import BaselineComparison, compare_with_baseline
+from harness.results.depth import DEPTH_DEFINITION, RECOVERY_DEFINITION, depth_summary
 from harness.results.figures import Figure, all_figures
-from harness.results.formatting import number, pct
-from harness.results.rundir import RunDir, load_runs, parse_setting_label
-from harness.runlog import Manifest, SampleRecord
-
-OVERREFUSAL_METRICS = ("refused", "full_refusal", "partial_refusal", "refused_unsafe")
+from harness.results.formatting import interval, pct, sort_key
+from harness.results.judge_table import agreement_rows
+from harness.results.leaderboard import build_leaderboard, model_ids
+from harness.results.rundir import RunDir, load_run, load_runs, run_labels
+from harness.results.samples import SampleIndex, build_samples, clean, targets
+from harness.runlog import Manifest
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def interval(lo: Any, hi: Any) -> str:
-    a, b = number(lo), number(hi)
-    return "" if math.isnan(a) or math.isnan(b) else f"{100 * a:.0f}–{100 * b:.0f}"
-
-
-def sort_key(x: Any) -> str:
-    v = number(x)
-    return "" if math.isnan(v) else f"{v:.6f}"
 
 
 def short(h: Any, n: int = 12) -> str:
@@ -59,113 +52,7 @@ def short(h: Any, n: int = 12) -> str:
     return text if len(text) <= n else text[:n] + "…"
 
 
-# --------------------------------------------------------------------------- sample browser data
-
-
-@dataclass
-class SampleIndex:
-    """Sample cells (run × model × dataset × attack × setting; utility: run × model × task ×
-    setting) and the JSON the page's sample browser reads."""
-
-    cells: list[dict[str, Any]] = field(default_factory=list)
-    ids: dict[tuple[str, ...], int] = field(default_factory=dict)
-    examples: list[list[Any]] = field(default_factory=list)
-    example_ids: dict[tuple[str, ...], int] = field(default_factory=dict)
-    samples: list[list[Any]] = field(default_factory=list)
-    truncated: dict[int, int] = field(default_factory=dict)
-    counts: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-
-    def cell(self, key: tuple[str, ...], info: dict[str, Any]) -> int:
-        if key not in self.ids:
-            self.ids[key] = len(self.cells)
-            self.cells.append(info)
-        return self.ids[key]
-
-    def example(self, r: SampleRecord) -> int:
-        key = (str(r.get("dataset")), str(r.get("example_id")), str(r.get("prompt")))
-        if key not in self.example_ids:
-            self.example_ids[key] = len(self.examples)
-            self.examples.append([r.get("prompt") or "", r.get("category") or "", r.get("example_id") or ""])
-        return self.example_ids[key]
-
-    def payload(self, show_completions: bool, limit: int) -> dict[str, Any]:
-        return {"cells": self.cells, "examples": self.examples, "samples": self.samples,
-                "show_completions": show_completions, "limit": limit,
-                "truncated": {str(k): v for k, v in self.truncated.items()}}
-
-
-def _verdicts(r: SampleRecord) -> dict[str, list[str]]:
-    out = {}
-    for judge, v in (r.get("verdicts") or {}).items():
-        if isinstance(v, dict):
-            out[str(judge)] = [str(v.get("label") or "unscored"), str(v.get("reason") or v.get("raw") or "")]
-    return out
-
-
-def edit_text(run: RunDir, r: SampleRecord) -> str:
-    """What the record's attack did to its sample, in the attack's words (``describe_edit``)."""
-    return attack_class(run.attack_type(str(r.get("attack", "")))).describe_edit(r.get("attack_info") or {})
-
-
-def build_samples(runs: Sequence[RunDir], show_completions: bool, limit: int) -> SampleIndex:
-    index = SampleIndex()
-    for run in runs:
-        for r in run.records():
-            kind = r.get("kind", "attack")
-            if kind == "utility":
-                key = (run.label, "utility", r["model"], r["attack"], r.get("setting_label") or "default")
-                info = {"run": run.label, "kind": "utility", "model": r["model"], "dataset": r["attack"],
-                        "attack": "", "setting": r.get("setting_label") or "default"}
-            else:
-                key = (run.label, "attack", r["model"], r["dataset"], r["attack"], r["setting_label"])
-                info = {"run": run.label, "kind": "attack", "model": r["model"], "dataset": r["dataset"],
-                        "attack": r["attack"], "setting": r["setting_label"]}
-            cell = index.cell(key, info)
-            index.counts[cell] += 1
-            if index.counts[cell] > limit:
-                index.truncated[cell] = index.counts[cell] - limit
-                continue
-            metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else None
-            index.samples.append([cell, index.example(r), int(r.get("sample_index") or 0),
-                                  edit_text(run, r), _verdicts(r),
-                                  (r.get("completion") or "") if show_completions else None,
-                                  r.get("skipped") or None, metrics])
-    return index
-
-
-def _clean(obj: Any) -> Any:
-    """NaN/inf -> None, recursively (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 # --------------------------------------------------------------------------- tables
-
-
-def _targets(index: SampleIndex, run: RunDir, row: pd.Series) -> str:
-    """Sample-cell ids behind a summary row (a reducer row: the settings it reduces)."""
-    base = (run.label, "attack", row["model"], row["dataset"], row["attack"])
-    if row["reducer"] == "sample":
-        cid = index.ids.get(base + (row["setting"],))
-        return "" if cid is None else str(cid)
-    if row["reducer"] == "best":
-        cid = index.ids.get(base + (row["detail"],))
-        return "" if cid is None else str(cid)
-    group = row["setting"][4:-1] if row["setting"].startswith("any[") else ""
-    by, _, value = group.partition("=")
-    ids = []
-    for key, cid in index.ids.items():
-        if key[:5] != base:
-            continue
-        setting = parse_setting_label(key[5])
-        if not by or str(setting.get(by, "")) == value:
-            ids.append(str(cid))
-    return ",".join(ids)
 
 
 def _asr_cell(row: pd.Series | None, target: str) -> dict[str, Any]:
@@ -182,7 +69,7 @@ def summary_rows(runs: Sequence[RunDir], index: SampleIndex) -> list[dict[str, A
         if run.summary is None:
             continue
         for _, row in run.summary.iterrows():
-            cell = _asr_cell(row, _targets(index, run, row))
+            cell = _asr_cell(row, targets(index, run, row))
             out.append({"run": run.label, "model": row["model"], "dataset": row["dataset"], "attack": row["attack"],
                         "setting": row["setting"], "reducer": row["reducer"], "judge": row["judge"], "asr": cell,
                         "harmful": int(row["harmful"]), "skipped": int(row["skipped"]),
@@ -203,58 +90,6 @@ def utility_rows(runs: Sequence[RunDir], index: SampleIndex) -> list[dict[str, A
                         "ci": interval(row["ci_low"], row["ci_high"]), "n": int(row["n"]),
                         "unscored": int(row["unscored"]), "target": "" if cid is None else str(cid)})
     return out
-
-
-@dataclass
-class Leaderboard:
-    groups: list[dict[str, Any]]  # one per dataset × attack × judge: {label, has_any}
-    utility: list[dict[str, str]]  # one per task × metric: {key, label}
-    rows: list[dict[str, Any]]
-
-
-def _group_key(row: pd.Series) -> tuple[str, str, str]:
-    return (row["dataset"], row["attack"], row["judge"])
-
-
-def leaderboard(runs: Sequence[RunDir], index: SampleIndex) -> Leaderboard:
-    """Rows: run × model. Per dataset × attack × judge: the highest per-setting ASR (the
-    worst case over the attack's settings, named) and the ``any`` reducer (any-of-N) where the
-    attack has one; then each utility metric of the model itself (setting "default")."""
-    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-    utility: dict[tuple[str, str], dict[str, str]] = {}
-    rows = []
-    for run in runs:
-        if run.kind != "eval" or run.summary is None:
-            continue
-        s, u = run.summary, run.utility
-        models = list(dict.fromkeys(list(s["model"]) + (list(u["model"]) if u is not None else [])))
-        for model in models:
-            row: dict[str, Any] = {"run": run.label, "model": model, "asr": {}, "any": {}, "utility": {}}
-            part = s[s["model"] == model]
-            for key, g in part.groupby(["dataset", "attack", "judge"], sort=False):
-                info = groups.setdefault(key, {"label": f"{key[1]} · {key[0]}", "judge": key[2], "has_any": False,
-                                               "key": "|".join(key)})
-                samples = g[(g["reducer"] == "sample") & (g["n"] > 0)]
-                if len(samples):
-                    worst = samples.loc[samples["asr"].astype(float).idxmax()]
-                    row["asr"][info["key"]] = _asr_cell(worst, _targets(index, run, worst))
-                anys = g[(g["reducer"] == "any") & (g["setting"] == "any")]
-                if len(anys):
-                    info["has_any"] = True
-                    row["any"][info["key"]] = _asr_cell(anys.iloc[0], _targets(index, run, anys.iloc[0]))
-            if u is not None:
-                for _, ur in u[(u["model"] == model) & (u["setting"] == "default")].iterrows():
-                    ukey = f"{ur['task']}/{ur['metric']}"
-                    label = (f"over-refusal ({ur['task']})" if ur["metric"] == "refused" else ukey)
-                    utility.setdefault((ur["task"], ur["metric"]), {"key": ukey, "label": label,
-                                                                    "over": str(ur["metric"] in OVERREFUSAL_METRICS)})
-                    cid = index.ids.get((run.label, "utility", model, ur["task"], "default"))
-                    row["utility"][ukey] = {"text": pct(ur["mean"]), "sort": sort_key(ur["mean"]),
-                                            "ci": interval(ur["ci_low"], ur["ci_high"]), "n": int(ur["n"]),
-                                            "target": "" if cid is None else str(cid)}
-            rows.append(row)
-    ordered_utility = sorted(utility.values(), key=lambda d: (d["over"] != "True", d["key"]))
-    return Leaderboard(list(groups.values()), ordered_utility, rows)
 
 
 # --------------------------------------------------------------------------- per category
@@ -389,26 +224,39 @@ def _csp_hash(script: str) -> str:
 
 
 def render_report(runs: Sequence[RunDir], show_completions: bool = False, samples_per_cell: int = 500,
-                  title: str | None = None) -> str:
-    """The report page as one HTML string."""
+                  title: str | None = None, baseline: RunDir | None = None, depth_dataset: str | None = None) -> str:
+    """The report page as one HTML string; ``baseline``: a run to compare every cell with
+    (``harness.results.baseline``); ``depth_dataset``: the dataset of the depth summary."""
     env = _environment()
     index = build_samples(runs, show_completions, samples_per_cell)
+    where, ordered = model_ids(runs)
+    depth = depth_summary(runs, where, ordered, depth_dataset)
+    comparison: BaselineComparison | None = compare_with_baseline(baseline, runs) if baseline is not None else None
+    board = build_leaderboard(runs, index, depth, comparison.cells if comparison is not None else None)
     figures: list[Figure] = all_figures(runs)
     script = env.loader.get_source(env, "report.js")[0]  # type: ignore[union-attr]
     style = env.loader.get_source(env, "report.css")[0]  # type: ignore[union-attr]
+
+    def fig(f: Figure) -> dict[str, Any]:
+        return {"section": f.section, "title": f.title, "svg": Markup(f.svg), "caption": f.caption}
+
     context = {
         "title": title or "Safety evaluation report — " + ", ".join(r.label for r in runs),
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "runs": [run_metadata(r) for r in runs],
-        "leaderboard": leaderboard(runs, index),
+        "leaderboard": board,
+        "depth": depth,
+        "depth_figure": fig(depth.figure) if depth is not None and depth.figure is not None else None,
+        "definitions": {"depth": DEPTH_DEFINITION, "recovery": RECOVERY_DEFINITION},
+        "comparison": comparison,
+        "agreement": agreement_rows(runs),
         "summary_rows": summary_rows(runs, index),
         "utility_rows": utility_rows(runs, index),
-        "figures": [{"section": f.section, "title": f.title, "svg": Markup(f.svg), "caption": f.caption}
-                    for f in figures],
+        "figures": [fig(f) for f in figures],
         "categories": category_blocks(runs),
         "show_completions": show_completions,
         "samples_per_cell": samples_per_cell,
-        "data": _clean(index.payload(show_completions, samples_per_cell)),
+        "data": clean(index.payload(show_completions, samples_per_cell)),
         "script": Markup(script), "style": Markup(style), "csp_script": _csp_hash(script),
         "incomplete": [r.label for r in runs if not r.complete],
     }
@@ -416,9 +264,13 @@ def render_report(runs: Sequence[RunDir], show_completions: bool = False, sample
 
 
 def write_report(paths: Sequence[Path | str], out: Path, show_completions: bool = False,
-                 samples_per_cell: int = 500, title: str | None = None) -> Path:
+                 samples_per_cell: int = 500, title: str | None = None, baseline: Path | str | None = None,
+                 depth_dataset: str | None = None) -> Path:
     runs = load_runs(paths)
-    html = render_report(runs, show_completions, samples_per_cell, title)
+    base = None
+    if baseline is not None:
+        base = load_run(baseline, run_labels([*paths, baseline])[-1])
+    html = render_report(runs, show_completions, samples_per_cell, title, base, depth_dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8", errors="replace")
     return out

@@ -72,6 +72,24 @@
     show();
   }
 
+  // ---------------------------------------------------------------- figure downloads (SVG)
+  function bindDownload(button) {
+    button.addEventListener("click", function () {
+      var figure = button.closest("figure");
+      var svg = figure ? figure.querySelector("svg") : null;
+      if (!svg) { return; }
+      var source = new XMLSerializer().serializeToString(svg);
+      var url = URL.createObjectURL(new Blob([source], { type: "image/svg+xml" }));
+      var link = document.createElement("a");
+      link.download = (button.getAttribute("data-name") || "figure") + ".svg";
+      link.href = url;
+      document.body.appendChild(link);
+      link.click();
+      document.body.removeChild(link);
+      window.setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
+    });
+  }
+
   // ---------------------------------------------------------------- sample browser
   var DATA = null;
   var state = { ids: [], limit: 200 };
@@ -184,6 +202,7 @@
     Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), makeSortable);
     Array.prototype.forEach.call(document.querySelectorAll("input[data-filter]"), bindFilter);
     Array.prototype.forEach.call(document.querySelectorAll("select[data-block]"), bindSettingSelect);
+    Array.prototype.forEach.call(document.querySelectorAll("button.dl"), bindDownload);
     ["sample-verdict", "sample-search"].forEach(function (id) {
       var el = document.getElementById(id);
       if (el) { el.addEventListener("input", function () { state.limit = 200; renderSamples(); }); }
