@@ -47,7 +47,7 @@ class GCGAttack(AttackConfig, GCGSettings):
 
     type: Literal["gcg"] = "gcg"
     threat_model = "white_box"  # gradients of the target's weights
-    unhashed_when_none = UNHASHED_WHEN_NONE
+    unhashed_when_none = UNHASHED_WHEN_NONE + ("source_model",)
     mode: Literal["individual", "universal"] = Field(
         "individual", description="individual: one suffix per prompt; universal: one suffix for all prompts")
     universal_train: int | None = Field(
@@ -56,6 +56,10 @@ class GCGAttack(AttackConfig, GCGSettings):
     ensemble: list[str] = Field(
         default_factory=list, description="more model specs (sharing the target's tokenizer) the suffix is optimised "
                                           "on too, as llm-attacks' multi-model universal GCG; evaluated on the target")
+    source_model: str | None = Field(
+        None, description="transfer (HarmBench's GCG-Transfer): optimise on this model spec's weights, which must "
+                          "share the target's tokenizer, and plan that suffix into every model's prompts; unset: "
+                          "each model's own weights (white-box)")
     target_field: str = Field("target", description="dataset column with the target (\"Sure, here is…\")")
     separator: str = Field(" ", description="text between the user's request and the suffix")
     system: str = Field("default", description="default (the recipe's / template's) | none | a system prompt text")
@@ -107,8 +111,9 @@ class GCGAttack(AttackConfig, GCGSettings):
 
     # -- jobs and artefacts ---------------------------------------------------------------
     def jobs(self, examples: list[Example], target: Target, seed: int, draft_id: str | None = None,
-             ensemble_ids: Sequence[str] = ()) -> list[_Job]:
-        """The optimisations ``examples`` need, each keyed by the model fingerprint, the prompt
+             ensemble_ids: Sequence[str] = (), source_id: str | None = None) -> list[_Job]:
+        """The optimisations ``examples`` need, each keyed by the fingerprint of the model optimised
+        on (the target's, or ``source_id``'s: a transfer suffix is shared by every target), the prompt
         and target texts, the prompt's token segments (template, system prompt, separator), the
         algorithm settings, the seed and the mode."""
         with_target = [ex for ex in examples if self.target_text(ex)]
@@ -122,7 +127,7 @@ class GCGAttack(AttackConfig, GCGSettings):
             segs = tuple(target.builder.segments(ex.prompt, self.separator, self.system) for ex in train)
             texts = tuple(self.target_text(ex) or "" for ex in train)
             key = "gcg:" + content_hash({
-                "model": target.model.fingerprint_id, "draft": draft_id, "ensemble": list(ensemble_ids), "prompts": [ex.prompt for ex in train],
+                "model": source_id or target.model.fingerprint_id, "draft": draft_id, "ensemble": list(ensemble_ids), "prompts": [ex.prompt for ex in train],
                 "targets": list(texts), "segments": content_hash([[s.before, s.after] for s in segs]),
                 "config": self.algorithm(), "seed": seed, "mode": self.mode, "separator": self.separator,
                 "system": self.system}, 32)
@@ -146,14 +151,17 @@ class GCGAttack(AttackConfig, GCGSettings):
         seed = self.seed if self.seed is not None else ctx.seed
         draft_model = ctx.resolve(self.probe_sampling.draft_model) if self.probe_sampling else None
         extra = [ctx.resolve(spec) for spec in self.ensemble]
+        source = ctx.resolve(self.source_model) if self.source_model else target.model
         jobs = self.jobs(examples, target, seed, draft_model.fingerprint_id if draft_model else None,
-                         [m.fingerprint_id for m in extra])
+                         [m.fingerprint_id for m in extra], source.fingerprint_id if self.source_model else None)
         found = {job.key: ctx.artifacts.get(job.key) for job in jobs}
         missing = [job for job in jobs if found[job.key] is None]
         if missing:
             ctx.free_engines()  # gradient work never competes with a live engine
             device = self._device()
-            model = load_model(target.model.path, self.dtype, device)
+            if self.source_model:
+                _same_tokenizer(source, target)
+            model = load_model(source.path, self.dtype, device)
             draft = load_model(draft_model.path, self.dtype, device) if draft_model else None
             models = [model] + [load_model(m.path, self.dtype, device) for m in extra]
             config = self.gcg_config(seed, draft)
@@ -194,6 +202,19 @@ class GCGAttack(AttackConfig, GCGSettings):
             info = {k: art[k] for k in ("suffix", "suffix_ids", "loss", "steps", "matched", "wall_time_s")}
             info.update(suffix_tokens=len(art["suffix_ids"]), init_loss=art.get("init_loss"),
                         stop_reason=art.get("stop_reason"), mode=self.mode)
+            if self.source_model:  # loss and steps are the source model's
+                info["source_model"] = self.source_model
             if self.mode == "universal":
                 info["train"] = art.get("train", True)
             yield PlannedSample(ex, setting, sampling, prompt, info=info)
+
+
+def _same_tokenizer(source: Any, target: Target) -> None:
+    """A transfer suffix is a list of token ids: it means the same text only under one vocabulary."""
+    from transformers import AutoTokenizer
+
+    theirs = AutoTokenizer.from_pretrained(source.path).get_vocab()
+    if theirs != target.builder.tokenizer.get_vocab():
+        raise ValueError(f"gcg source_model {source.spec!r} does not share {target.name!r}'s tokenizer "
+                         f"({len(theirs)} vs {len(target.builder.tokenizer.get_vocab())} tokens): a transfer "
+                         "suffix needs the same vocabulary")

@@ -410,6 +410,53 @@ def test_prepare_caches_each_suffix_and_a_second_run_does_not_optimise(monkeypat
     assert a["suffix_ids"] == b["suffix_ids"] and (a["train"], b["train"]) == (True, False)
 
 
+def test_transfer_optimises_on_the_source_and_shares_one_suffix(monkeypatch, tok, tiny_model, tiny_resolved,
+                                                                 tmp_path):
+    """`source_model`: the suffix is optimised on the source's weights (its recorded loss is the
+    source's, not the target's), keyed by the source, so every target and a white-box run on the
+    source itself share one optimisation; a source with another vocabulary is refused."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness.models import resolve_model
+
+    src = tmp_path / "source"
+    shutil.copytree(tiny_model, src)
+    config = LlamaConfig.from_pretrained(tiny_model)
+    config.initializer_range = 0.1
+    torch.manual_seed(1)
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(src)  # other weights, same tokenizer
+    source = resolve_model(str(src))
+    ctx = Ctx()
+    ctx.resolve = lambda spec: {str(src): source}[spec]
+    examples = load_dataset(DatasetConfig(format="demo", limit=1))
+    kw = dict(num_steps=2, search_width=16, topk=8, optim_str_init="x x x x")
+    target = Target("tiny", tiny_resolved, PromptBuilder(tok))
+    art = GCGAttack(source_model=str(src), **kw).prepare(examples, target, ctx)[examples[0].id]
+    seg = PromptBuilder(tok).segments(examples[0].prompt, " ")
+    ids = tok.encode(examples[0].target, add_special_tokens=False)
+    on_source = float(reference_losses(gcg.load_model(src), seg, [art["suffix_ids"]], ids)[0])
+    on_target = float(reference_losses(gcg.load_model(tiny_model), seg, [art["suffix_ids"]], ids)[0])
+    assert art["loss"] == pytest.approx(on_source, rel=1e-4) and abs(on_source - on_target) > 1e-2
+
+    monkeypatch.setattr(gcg_attack, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("optimised again")))
+    as_source = Target("src", source, PromptBuilder(tok))
+    assert GCGAttack(**kw).prepare(examples, as_source, ctx)[examples[0].id] == art  # white-box on the source
+    plan = list(GCGAttack(source_model=str(src), **kw).plan(examples, target, {examples[0].id: art}, 0))
+    assert plan[0].info["source_model"] == str(src) and plan[0].info["suffix_ids"] == art["suffix_ids"]
+    assert GCGAttack(**kw).config_hash() != GCGAttack(source_model=str(src), **kw).config_hash()
+
+    other = tmp_path / "other-vocab"
+    shutil.copytree(src, other)
+    t2 = AutoTokenizer.from_pretrained(src)
+    t2.add_tokens(["zzzqqq"])
+    t2.save_pretrained(other)
+    ctx.resolve = lambda spec: resolve_model(spec)
+    with pytest.raises(ValueError, match="does not share 'tiny'.s tokenizer"):
+        GCGAttack(source_model=str(other), **{**kw, "num_steps": 3}).prepare(examples, target, ctx)
+
+
 def test_recipe_run_records_suffix_and_loss_per_sample(tmp_path, tiny_model, tok, model, pool, monkeypatch):
     raw = tiny_recipe(tiny_model, backend="hf", limit=2)
     raw["attacks"] = [{"type": "gcg", "num_steps": 3, "search_width": 16, "topk": 8, "optim_str_init": INIT,
