@@ -185,6 +185,10 @@ def test_training_sets_are_disjoint_from_evaluation_sets():
         evaluation |= {norm(r[col]) for _, r in read_rows(bundled_path(name))}
     clash = [e.id for e in train if norm(e.prompt) in evaluation]
     assert not clash
+    import difflib
+
+    near = [e.prompt for e in train if difflib.get_close_matches(norm(e.prompt), evaluation, n=1, cutoff=0.85)]
+    assert not near, near[:3]
 
 
 # ---- end to end on a tiny random model -------------------------------------------------
