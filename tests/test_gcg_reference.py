@@ -26,7 +26,7 @@ from harness.recipes import load_recipe
 from tests.test_gcg import INIT, PROMPT, model, seg, tok  # noqa: F401  (shared fixtures)
 
 TARGET = "Sure, here is a tutorial"
-NEW_KEYS = {"reference", "mellowmax_on", "grad_norm", "early_stop_on"}
+NEW_KEYS = {"reference", "mellowmax_on", "grad_norm", "early_stop_on", "source_model"}  # unhashed while unset
 
 
 # --------------------------------------------------------------------------- the config
