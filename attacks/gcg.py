@@ -153,7 +153,7 @@ class GCGAttack(AttackConfig, GCGSettings):
         extra = [ctx.resolve(spec) for spec in self.ensemble]
         source = ctx.resolve(self.source_model) if self.source_model else target.model
         jobs = self.jobs(examples, target, seed, draft_model.fingerprint_id if draft_model else None,
-                         [m.fingerprint_id for m in extra], source.fingerprint_id if self.source_model else None)
+                         [m.fingerprint_id for m in extra], source.fingerprint_id)
         found = {job.key: ctx.artifacts.get(job.key) for job in jobs}
         missing = [job for job in jobs if found[job.key] is None]
         if missing:
@@ -213,8 +213,8 @@ def _same_tokenizer(source: Any, target: Target) -> None:
     """A transfer suffix is a list of token ids: it means the same text only under one vocabulary."""
     from transformers import AutoTokenizer
 
-    theirs = AutoTokenizer.from_pretrained(source.path).get_vocab()
-    if theirs != target.builder.tokenizer.get_vocab():
+    theirs, ours = AutoTokenizer.from_pretrained(source.path).get_vocab(), target.builder.tokenizer.get_vocab()
+    if theirs != ours:
         raise ValueError(f"gcg source_model {source.spec!r} does not share {target.name!r}'s tokenizer "
-                         f"({len(theirs)} vs {len(target.builder.tokenizer.get_vocab())} tokens): a transfer "
+                         f"({len(theirs)} vs {len(ours)} tokens): a transfer "
                          "suffix needs the same vocabulary")

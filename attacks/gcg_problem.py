@@ -87,9 +87,7 @@ class GCGSettings(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _reference_fixes_its_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("reference") in REFERENCE_DEFAULTS:
-            data = {**REFERENCE_DEFAULTS[data["reference"]], **data}
-        return with_reference_mode(data, REFERENCE_MODES, "GCG")
+        return with_reference_mode(data, REFERENCE_MODES, "GCG", REFERENCE_DEFAULTS)
 
 
 @dataclass

@@ -93,9 +93,11 @@ class LabelledConfig(StrictModel):
         return content_hash(self.model_dump(mode="json", exclude=exclude))
 
 
-def with_reference_mode(data: Any, modes: dict[str, dict[str, Any]], what: str) -> Any:
+def with_reference_mode(data: Any, modes: dict[str, dict[str, Any]], what: str,
+                        defaults: dict[str, dict[str, Any]] | None = None) -> Any:
     """A plug-in config's raw data with its ``reference`` mode's fixed keys filled in; a key the
-    recipe sets to another value is an error naming it (a reference mode is all or nothing)."""
+    recipe sets to another value is an error naming it (a reference mode is all or nothing).
+    ``defaults``: per mode, keys the mode changes the default of but the recipe may still set."""
     if not isinstance(data, dict) or data.get("reference") is None:
         return data
     mode = data["reference"]
@@ -106,7 +108,7 @@ def with_reference_mode(data: Any, modes: dict[str, dict[str, Any]], what: str) 
         have = data.get(key, want)
         if (list(have) if isinstance(have, tuple) else have) != want:
             raise ValueError(f"reference: {mode} fixes {key} to {want!r}; got {key}: {have!r} (drop {key})")
-    return {**data, **fixed}
+    return {**(defaults or {}).get(mode, {}), **data, **fixed}
 
 
 # --------------------------------------------------------------------------- shared types

@@ -126,6 +126,11 @@ def compile_phrases(ps: PhraseSet, match: str = "word") -> re.Pattern[str]:
     return re.compile("|".join([f"({a})" for a in anywhere] + openers), flags)
 
 
+def _fold_apostrophes(text: str) -> str:
+    """Curly apostrophes as straight ones (same length, so match offsets carry over)."""
+    return text.replace("’", "'").replace("‘", "'")
+
+
 # what each reference mode fixes: key -> value
 REFERENCE_MODES: dict[str, dict[str, Any]] = {
     "qi2025": {"phrases": "qi2025", "match": "substring", "min_words": 0},
@@ -179,7 +184,7 @@ class KeywordJudge:
 
     def match(self, text: str) -> str | None:
         if self.match_mode == "word":
-            text = text.replace("’", "'").replace("‘", "'")
+            text = _fold_apostrophes(text)
         m = self.pattern.search(text)
         if m is None:
             return None
@@ -189,8 +194,8 @@ class KeywordJudge:
         """A phrase that starts in the prefill's last characters and ends in the continuation."""
         if self.match_mode != "word" or not prefill or not completion:
             return None
-        tail = prefill[-STRADDLE_CHARS:].replace("’", "'").replace("‘", "'")
-        joined = tail + completion.replace("’", "'").replace("‘", "'")
+        tail = _fold_apostrophes(prefill[-STRADDLE_CHARS:])
+        joined = tail + _fold_apostrophes(completion)
         for m in self.pattern.finditer(joined):
             if m.start() < len(tail) < m.end():
                 return next(g for g in m.groups() if g is not None)

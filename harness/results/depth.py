@@ -30,7 +30,7 @@ from harness.errors import DataError
 from harness.intervals import wilson
 from harness.results.figures import Figure
 from harness.results.formatting import interval, pct
-from harness.results.leaderboard import ModelId, shade
+from harness.results.leaderboard import ModelId, make_cell
 from harness.results.plots import line_chart
 from harness.results.rundir import RunDir
 
@@ -143,9 +143,7 @@ def _depth_cell(shares: list[tuple[int, int]], kind: str, run: str, what: str, m
     title = f"{pct(mean)}% — 95% Wilson {interval(lo, hi)} over n = {n} prompts · {what} · run {run}"
     if missing:
         title += f" · no samples at k = {', '.join(map(str, missing))}"
-    return {"text": pct(mean), "sort": f"{mean:.6f}", "ci": interval(lo, hi), "n": n, "unscored": 0, "target": "",
-            "run": run, "title": title, "style": shade(mean, kind), "also": [], "cmp": None, "value": mean,
-            "missing": missing}
+    return {**make_cell(mean, lo, hi, n, kind, run, title=title), "missing": missing}
 
 
 def depth_summary(runs: Sequence[RunDir], where: dict[tuple[str, str], ModelId], ordered: Sequence[ModelId],

@@ -8,6 +8,7 @@ import math
 from typing import Any, Sequence
 
 from judges.agreement import LABELS, pairwise_agreement
+from harness.results.formatting import sort_key
 from harness.results.rundir import RunDir
 
 __all__ = ["agreement_rows"]
@@ -36,8 +37,7 @@ def agreement_rows(runs: Sequence[RunDir]) -> list[dict[str, Any]]:
             for _, row in pairwise_agreement(recs).iterrows():
                 out.append({"run": run.label, "scope": scope, "a": row["judge_a"], "b": row["judge_b"],
                             "n": int(row["n"]), "agree": _num(row["percent_agreement"], 1),
-                            "kappa": _num(row["kappa"], 2), "kappa_sort": "" if math.isnan(float(row["kappa"]))
-                            else f"{float(row['kappa']):.6f}",
+                            "kappa": _num(row["kappa"], 2), "kappa_sort": sort_key(row["kappa"]),
                             "confusion": [[int(row[f"{x}_{y}"]) for y in LABELS] for x in LABELS],
                             "labels": list(LABELS)})
     return out

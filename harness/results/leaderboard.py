@@ -27,7 +27,7 @@ from harness.results.rundir import RunDir
 from harness.results.samples import SampleIndex, targets
 
 __all__ = ["Column", "Leaderboard", "ModelId", "UTILITY_METRIC", "OVERREFUSAL_METRIC", "build_leaderboard",
-           "model_ids", "shade"]
+           "make_cell", "model_ids", "shade"]
 
 UTILITY_METRIC = "rougeL"
 OVERREFUSAL_METRIC = "refused"
@@ -102,8 +102,9 @@ def shade(value: Any, kind: str) -> str:
     return f"background: rgba({r}, {g}, {b}, {0.05 + 0.4 * min(max(v, 0.0), 1.0):.3f})"
 
 
-def _cell(value: Any, lo: Any, hi: Any, n: int, kind: str, run: str, target: str = "", unscored: int = 0,
-          title: str = "") -> dict[str, Any]:
+def make_cell(value: Any, lo: Any, hi: Any, n: int, kind: str, run: str, target: str = "", unscored: int = 0,
+              title: str = "") -> dict[str, Any]:
+    """One leaderboard cell: the rate, its interval and n, shaded by ``kind``."""
     return {"text": pct(value), "sort": sort_key(value), "ci": interval(lo, hi), "n": n, "unscored": unscored,
             "target": target, "run": run, "title": title, "style": shade(value, kind), "also": [], "cmp": None,
             "value": number(value)}
@@ -152,7 +153,7 @@ def build_leaderboard(runs: Sequence[RunDir], index: SampleIndex, depth: Any = N
                 samples = g[(g["reducer"] == "sample") & (g["n"] > 0)]
                 if len(samples):
                     worst = samples.loc[samples["asr"].astype(float).idxmax()]
-                    cell = _cell(worst["asr"], worst["ci_low"], worst["ci_high"], int(worst["n"]), "asr", run.label,
+                    cell = make_cell(worst["asr"], worst["ci_low"], worst["ci_high"], int(worst["n"]), "asr", run.label,
                                  targets(index, run, worst), int(worst["unscored"]), _asr_title(worst, run.label, True))
                     cell["cmp"] = _comparison(comparison, (run.label, str(model), "asr", dataset, attack,
                                                            str(worst["setting"]), "sample", judge))
@@ -161,7 +162,7 @@ def build_leaderboard(runs: Sequence[RunDir], index: SampleIndex, depth: Any = N
                 anys = g[(g["reducer"] == "any") & (g["setting"] == "any")]
                 if len(anys):
                     row = anys.iloc[0]
-                    cell = _cell(row["asr"], row["ci_low"], row["ci_high"], int(row["n"]), "asr", run.label,
+                    cell = make_cell(row["asr"], row["ci_low"], row["ci_high"], int(row["n"]), "asr", run.label,
                                  targets(index, run, row), int(row["unscored"]), _asr_title(row, run.label, False))
                     cell["cmp"] = _comparison(comparison, (run.label, str(model), "asr", dataset, attack, "any", "any",
                                                            judge))
@@ -181,7 +182,7 @@ def build_leaderboard(runs: Sequence[RunDir], index: SampleIndex, depth: Any = N
                 cid = index.ids.get((run.label, "utility", u["model"], u["task"], "default"))
                 title = (f"{pct(u['mean'])} — 95% {u['ci']} interval {interval(u['ci_low'], u['ci_high'])} · "
                          f"n = {int(u['n'])} · run {run.label}")
-                cell = _cell(u["mean"], u["ci_low"], u["ci_high"], int(u["n"]), kind, run.label,
+                cell = make_cell(u["mean"], u["ci_low"], u["ci_high"], int(u["n"]), kind, run.label,
                              "" if cid is None else str(cid), int(u["unscored"]), title)
                 if over:
                     cell["cmp"] = _comparison(comparison, (run.label, str(u["model"]), "overrefusal", u["task"], "",

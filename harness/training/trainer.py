@@ -105,21 +105,17 @@ def exact_fp32_matmuls(enabled: bool):
     if not enabled or not torch.cuda.is_available():
         yield
         return
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; its legacy allow_tf32 must not be mixed in
-        old = (matmul.fp32_precision, cudnn.fp32_precision)
-        matmul.fp32_precision = cudnn.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision, cudnn.fp32_precision = old
-        return
-    old = (matmul.allow_tf32, cudnn.allow_tf32)
-    matmul.allow_tf32 = cudnn.allow_tf32 = False
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    # torch >= 2.9: fp32_precision, whose legacy allow_tf32 must not be mixed in
+    attr, exact = ("fp32_precision", "ieee") if hasattr(backends[0], "fp32_precision") else ("allow_tf32", False)
+    old = [getattr(b, attr) for b in backends]
+    for b in backends:
+        setattr(b, attr, exact)
     try:
         yield
     finally:
-        matmul.allow_tf32, cudnn.allow_tf32 = old
+        for b, value in zip(backends, old):
+            setattr(b, attr, value)
 
 
 def _bf16_fast() -> bool:
