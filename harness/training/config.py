@@ -105,6 +105,11 @@ class ContrastSettings(StrictModel):
 
     rows: int = Field(2, ge=1, description="contrast rows per micro-batch (drawn from `anchor`)")
     window: int = Field(32, ge=1, description="tokens of the benign answer supervised after the cut")
+    p_zero: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "P(k = 0) for contrast rows (default: the augmentation's). k = 0 repeats what the anchors teach; "
+        "the turn-arounds inside benign answers happen at k > 0"))
+    max_k: int | None = Field(None, ge=1, description=(
+        "k ~ U{1..min(max_k, |b| - 1)} otherwise (default: the augmentation's max_k)"))
     unlikelihood: float = Field(0.0, ge=0.0, description=(
         "weight of −log(1 − π(refusal opening)) at each contrast position, the refusal opening being the "
         "first tokens of the refusal targets: pushes down turn-arounds inside benign answers (0: off)"))

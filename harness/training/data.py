@@ -134,7 +134,8 @@ class Batcher:
 
     def __init__(self, main: list[TrainPair], anchor: list[TrainPair], batch_size: int, anchor_batch_size: int,
                  max_length: int, pad_id: int, seed: int, augment: bool = False, p_zero: float = 0.5,
-                 max_k: int = 100, contrast_rows: int = 0, contrast_window: int = 32) -> None:
+                 max_k: int = 100, contrast_rows: int = 0, contrast_window: int = 32,
+                 contrast_p_zero: float | None = None, contrast_max_k: int | None = None) -> None:
         if not main:
             raise DataError("no training examples")
         if contrast_rows and not anchor:
@@ -145,6 +146,8 @@ class Batcher:
         self.max_length, self.pad_id, self.seed = max_length, pad_id, seed
         self.augment, self.p_zero, self.max_k = augment, p_zero, max_k
         self.contrast_rows, self.contrast_window = contrast_rows, contrast_window
+        self.contrast_p_zero = p_zero if contrast_p_zero is None else contrast_p_zero
+        self.contrast_max_k = max_k if contrast_max_k is None else contrast_max_k
 
     def _draw(self, n_items: int, per_batch: int, index: int, salt: int) -> list[int]:
         """Items for micro-batch ``index``: consecutive slots of per-epoch permutations."""
@@ -173,7 +176,8 @@ class Batcher:
         benign = [self.anchor[i] for i in contrast_idx]
         depths, benign_depths = self._depths([len(p.harmful_ids) for p in pairs], g), []
         if benign:  # never the whole answer: at least one token is left to supervise
-            benign_depths = self._depths([len(p.target_ids) - 1 for p in benign], g)
+            benign_depths = self._depths([len(p.target_ids) - 1 for p in benign], g,
+                                         self.contrast_p_zero, self.contrast_max_k)
         seqs = [(p.prompt_ids + p.harmful_ids[:k], p.target_after(k)) for p, k in zip(pairs, depths)]
         seqs += [(p.prompt_ids + p.target_ids[:k], p.target_ids[k:k + self.contrast_window])
                  for p, k in zip(benign, benign_depths)]
@@ -186,10 +190,12 @@ class Batcher:
         batch["depth"] = torch.tensor(depths + benign_depths + [0] * n_anchor)
         return batch
 
-    def _depths(self, lengths: list[int], g: torch.Generator) -> list[int]:
+    def _depths(self, lengths: list[int], g: torch.Generator, p_zero: float | None = None,
+                max_k: int | None = None) -> list[int]:
         if not self.augment:
             return [0] * len(lengths)
-        return sample_recovery_depth(torch.tensor(lengths), g, self.p_zero, self.max_k).tolist()
+        return sample_recovery_depth(torch.tensor(lengths), g, self.p_zero if p_zero is None else p_zero,
+                                     self.max_k if max_k is None else max_k).tolist()
 
 
 def collate(seqs: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int, pad_id: int) -> dict[str, torch.Tensor]:

@@ -201,7 +201,8 @@ class Trainer:
         batcher = Batcher(main, self.anchor_pairs, s.batch_size, s.anchor_batch_size, s.max_length, pad, s.seed,
                           augment=spec.objective == "augmented", p_zero=spec.augmentation.p_zero,
                           max_k=spec.augmentation.max_k,
-                          **({"contrast_rows": spec.contrast.rows, "contrast_window": spec.contrast.window}
+                          **({"contrast_rows": spec.contrast.rows, "contrast_window": spec.contrast.window,
+                              "contrast_p_zero": spec.contrast.p_zero, "contrast_max_k": spec.contrast.max_k}
                              if spec.contrast else {}))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=s.lr, betas=(s.adam_beta1, s.adam_beta2), weight_decay=s.weight_decay)
