@@ -156,6 +156,27 @@ def test_contrast_rows_cut_benign_answers_and_join_the_safety_term():
         Batcher(main, [], batch_size=2, anchor_batch_size=0, max_length=64, pad_id=0, seed=0, contrast_rows=1)
 
 
+def test_contrast_depths_follow_their_own_p_zero_and_max_k():
+    """contrast.p_zero / max_k move only the contrast rows' cuts: with p_zero 0 and max_k 12 every
+    cut lies in 1..12 (both ends reached), while the safety rows keep the augmentation's depths."""
+    main = [TrainPair(f"m{i}", "x", "r", "h", prompt_ids=(1, 2, 3), harmful_ids=tuple(range(100, 130)),
+                      target_ids=(7, 8, 9, 2)) for i in range(4)]
+    answer = tuple(range(200, 260)) + (2,)
+    anchor = [TrainPair(f"a{i}", "q", "y", prompt_ids=(1, 4), target_ids=answer) for i in range(3)]
+    common = dict(batch_size=2, anchor_batch_size=1, max_length=128, pad_id=0, seed=5, augment=True,
+                  contrast_rows=4, contrast_window=8)
+    default, own = Batcher(main, anchor, **common), Batcher(main, anchor, **common, contrast_p_zero=0.0,
+                                                            contrast_max_k=12)
+    cuts = []
+    for index in range(60):
+        a, b = default.micro_batch(index), own.micro_batch(index)
+        assert torch.equal(a["depth"][:2], b["depth"][:2])
+        cuts += b["depth"][2:6].tolist()
+    assert min(cuts) == 1 and max(cuts) == 12, (min(cuts), max(cuts))
+    shallow = Batcher(main, anchor, **{**common, "augment": False}, contrast_p_zero=0.0, contrast_max_k=12)
+    assert shallow.micro_batch(0)["depth"].tolist() == [0] * 7  # SFT rows are never cut
+
+
 def test_contrast_needs_anchors_and_a_reference_free_objective():
     from harness.training.config import TrainModelSpec
 
