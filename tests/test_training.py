@@ -25,6 +25,7 @@ from harness.training.losses import (
     sft_loss,
     token_logprobs,
 )
+from tests.conftest import SHARED_DATA
 
 
 def test_beta_schedule_matches_official_defaults():
@@ -208,6 +209,26 @@ def test_training_sets_are_disjoint_from_evaluation_sets():
     assert not clash
     import difflib
 
+    near = [e.prompt for e in train if difflib.get_close_matches(norm(e.prompt), evaluation, n=1, cutoff=0.85)]
+    assert not near, near[:3]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "xstest").exists() or not (SHARED_DATA / "advbench").exists(),
+                    reason="../shared/data not present")
+def test_bundled_training_sets_hold_no_public_evaluation_prompt():
+    """The bundled training prompts repeat no XSTest prompt (safe or unsafe) and no AdvBench prompt
+    held out for evaluation (rows 260-), word for word or nearly (difflib >= 0.85): the borderline
+    benign prompts share XSTest's categories, never its prompts."""
+    import difflib
+
+    from harness.data.base import read_rows
+
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    evaluation = {norm(r["prompt"]) for _, r in read_rows(SHARED_DATA / "xstest" / "xstest_prompts.csv")}
+    advbench = [norm(r["goal"]) for _, r in read_rows(SHARED_DATA / "advbench" / "harmful_behaviors.csv")]
+    assert len(evaluation) >= 450 and len(advbench) >= 520
+    evaluation |= set(advbench[260:])
+    train = load_dataset(DatasetConfig(format="harmful-train")) + load_dataset(DatasetConfig(format="benign-train"))
     near = [e.prompt for e in train if difflib.get_close_matches(norm(e.prompt), evaluation, n=1, cutoff=0.85)]
     assert not near, near[:3]
 
