@@ -43,7 +43,7 @@ def main() -> None:
     from harness import hardware
     from harness.data import load_dataset
     from harness.prompts import PromptBuilder
-    from harness.training.data import Batcher, build_pairs
+    from harness.training.data import batcher_for, build_pairs
     from harness.training.registry import find_recipe, resolve_any
     from harness.training.config import load_train_recipe
     from harness.training.trainer import Trainer, _bf16_fast
@@ -60,8 +60,7 @@ def main() -> None:
     from harness.training.registry import anchor_pairs
 
     anchors = anchor_pairs(recipe, spec, base, builder, end, progress=False)
-    batcher = Batcher(main_pairs, anchors, s.batch_size, s.anchor_batch_size, s.max_length, tok.pad_token_id or end,
-                      s.seed, augment=True, p_zero=spec.augmentation.p_zero, max_k=spec.augmentation.max_k)
+    batcher = batcher_for(spec, s, main_pairs, anchors, tok.pad_token_id or end)
     batches = [batcher.micro_batch(i) for i in range(args.steps + 1)]
     cells = sum(b["input_ids"].numel() for b in batches)
     pad = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
@@ -108,7 +107,9 @@ def main() -> None:
     cpu = hardware.cpu_info()
     print(f"CPU: {cpu.get('model')}, {cpu.get('cores')} cores, flags {hardware.cpu_tag()}; "
           f"{'bf16 autocast' if bf16 else 'fp32'}; torch {torch.__version__}")
-    print(f"batches: {s.batch_size} safety + {s.anchor_batch_size} anchor rows, max_length {s.max_length}; "
+    contrast = spec.contrast.rows if spec.contrast else 0
+    print(f"batches: {s.batch_size} safety + {contrast} contrast + {s.anchor_batch_size} anchor rows, "
+          f"max_length {s.max_length}; "
           f"padding {pad / cells:.0%} of positions, positions predicting a supervised token {supervised / cells:.0%}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from harness.data import Example
 from harness.errors import DataError
 from harness.prompts import PromptBuilder
+
+if TYPE_CHECKING:
+    from harness.training.config import TrainModelSpec, TrainSettings
 from harness.training.losses import IGNORE, sample_recovery_depth
 
 
@@ -196,6 +199,17 @@ class Batcher:
             return [0] * len(lengths)
         return sample_recovery_depth(torch.tensor(lengths), g, self.p_zero if p_zero is None else p_zero,
                                      self.max_k if max_k is None else max_k).tolist()
+
+
+def batcher_for(spec: TrainModelSpec, settings: TrainSettings, main: list[TrainPair], anchor: list[TrainPair],
+                pad_id: int) -> Batcher:
+    """The Batcher a model's training draws from (the trainer's, and bench/train_step.py's)."""
+    c = spec.contrast
+    return Batcher(main, anchor, settings.batch_size, settings.anchor_batch_size, settings.max_length, pad_id,
+                   settings.seed, augment=spec.objective == "augmented", p_zero=spec.augmentation.p_zero,
+                   max_k=spec.augmentation.max_k,
+                   **({"contrast_rows": c.rows, "contrast_window": c.window, "contrast_p_zero": c.p_zero,
+                       "contrast_max_k": c.max_k} if c else {}))
 
 
 def collate(seqs: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int, pad_id: int) -> dict[str, torch.Tensor]:

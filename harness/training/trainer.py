@@ -26,7 +26,7 @@ from harness.models import ResolvedModel
 from harness.prompts import PromptBuilder
 from harness.training.config import TrainModelSpec, TrainRecipe, TrainSettings
 from harness.data import load_dataset
-from harness.training.data import Batcher, TrainPair, build_pairs, refusal_openings, row_chunks, save_jsonl
+from harness.training.data import TrainPair, batcher_for, build_pairs, refusal_openings, row_chunks, save_jsonl
 from harness.turns import end_of_turn_id, stop_token_ids
 from harness.training.losses import (
     IGNORE,
@@ -198,12 +198,7 @@ class Trainer:
             self._avoid = torch.tensor(refusal_openings(main), device=acc.device)
         if s.epochs is not None:  # steps from the data size (preset: paper)
             s = self.settings = s.model_copy(update={"steps": s.steps_for(len(main), acc.num_processes)})
-        batcher = Batcher(main, self.anchor_pairs, s.batch_size, s.anchor_batch_size, s.max_length, pad, s.seed,
-                          augment=spec.objective == "augmented", p_zero=spec.augmentation.p_zero,
-                          max_k=spec.augmentation.max_k,
-                          **({"contrast_rows": spec.contrast.rows, "contrast_window": spec.contrast.window,
-                              "contrast_p_zero": spec.contrast.p_zero, "contrast_max_k": spec.contrast.max_k}
-                             if spec.contrast else {}))
+        batcher = batcher_for(spec, s, main, self.anchor_pairs, pad)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=s.lr, betas=(s.adam_beta1, s.adam_beta2), weight_decay=s.weight_decay)
         # not prepared: a prepared scheduler steps once per process per step under multi-process
