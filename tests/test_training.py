@@ -195,21 +195,33 @@ def test_collate_truncates_tail_not_context():
     assert out["input_ids"].tolist() == [[1, 2, 3, 4, 5]] and out["labels"].tolist() == [[IGNORE] * 3 + [4, 5]]
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _bundled_training_prompts() -> list:
+    return load_dataset(DatasetConfig(format="harmful-train")) + load_dataset(DatasetConfig(format="benign-train"))
+
+
+def _near_duplicates(train: list, evaluation: set[str]) -> list[str]:
+    """Training prompts within difflib ratio 0.85 of an evaluation prompt (normalised)."""
+    import difflib
+
+    return [e.prompt for e in train if difflib.get_close_matches(_norm(e.prompt), evaluation, n=1, cutoff=0.85)]
+
+
 def test_training_sets_are_disjoint_from_evaluation_sets():
-    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
-    train = load_dataset(DatasetConfig(format="harmful-train")) + load_dataset(DatasetConfig(format="benign-train"))
+    train = _bundled_training_prompts()
     assert len(load_dataset(DatasetConfig(format="harmful-train"))) >= 150
     assert len(load_dataset(DatasetConfig(format="benign-train"))) >= 150
-    evaluation = {norm(e.prompt) for e in load_dataset(DatasetConfig(format="demo"))}
+    evaluation = {_norm(e.prompt) for e in load_dataset(DatasetConfig(format="demo"))}
     from harness.data.base import bundled_path, read_rows
 
     for name, col in (("utility_demo.jsonl", "instruction"), ("overrefusal_demo.csv", "prompt")):
-        evaluation |= {norm(r[col]) for _, r in read_rows(bundled_path(name))}
-    clash = [e.id for e in train if norm(e.prompt) in evaluation]
+        evaluation |= {_norm(r[col]) for _, r in read_rows(bundled_path(name))}
+    clash = [e.id for e in train if _norm(e.prompt) in evaluation]
     assert not clash
-    import difflib
-
-    near = [e.prompt for e in train if difflib.get_close_matches(norm(e.prompt), evaluation, n=1, cutoff=0.85)]
+    near = _near_duplicates(train, evaluation)
     assert not near, near[:3]
 
 
@@ -219,17 +231,13 @@ def test_bundled_training_sets_hold_no_public_evaluation_prompt():
     """The bundled training prompts repeat no XSTest prompt (safe or unsafe) and no AdvBench prompt
     held out for evaluation (rows 260-), word for word or nearly (difflib >= 0.85): the borderline
     benign prompts share XSTest's categories, never its prompts."""
-    import difflib
-
     from harness.data.base import read_rows
 
-    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
-    evaluation = {norm(r["prompt"]) for _, r in read_rows(SHARED_DATA / "xstest" / "xstest_prompts.csv")}
-    advbench = [norm(r["goal"]) for _, r in read_rows(SHARED_DATA / "advbench" / "harmful_behaviors.csv")]
+    evaluation = {_norm(r["prompt"]) for _, r in read_rows(SHARED_DATA / "xstest" / "xstest_prompts.csv")}
+    advbench = [_norm(r["goal"]) for _, r in read_rows(SHARED_DATA / "advbench" / "harmful_behaviors.csv")]
     assert len(evaluation) >= 450 and len(advbench) >= 520
     evaluation |= set(advbench[260:])
-    train = load_dataset(DatasetConfig(format="harmful-train")) + load_dataset(DatasetConfig(format="benign-train"))
-    near = [e.prompt for e in train if difflib.get_close_matches(norm(e.prompt), evaluation, n=1, cutoff=0.85)]
+    near = _near_duplicates(_bundled_training_prompts(), evaluation)
     assert not near, near[:3]
 
 

@@ -17,10 +17,10 @@ import torch
 from harness.data import Example
 from harness.errors import DataError
 from harness.prompts import PromptBuilder
+from harness.training.losses import IGNORE, sample_recovery_depth
 
 if TYPE_CHECKING:
     from harness.training.config import TrainModelSpec, TrainSettings
-from harness.training.losses import IGNORE, sample_recovery_depth
 
 
 # Refusals for triples without a refusal column (`refusals: templates`). Each reads as a
@@ -177,7 +177,7 @@ class Batcher:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         pairs = [self.main[i] for i in main_idx]
         benign = [self.anchor[i] for i in contrast_idx]
-        depths, benign_depths = self._depths([len(p.harmful_ids) for p in pairs], g), []
+        depths, benign_depths = self._depths([len(p.harmful_ids) for p in pairs], g, self.p_zero, self.max_k), []
         if benign:  # never the whole answer: at least one token is left to supervise
             benign_depths = self._depths([len(p.target_ids) - 1 for p in benign], g,
                                          self.contrast_p_zero, self.contrast_max_k)
@@ -193,12 +193,10 @@ class Batcher:
         batch["depth"] = torch.tensor(depths + benign_depths + [0] * n_anchor)
         return batch
 
-    def _depths(self, lengths: list[int], g: torch.Generator, p_zero: float | None = None,
-                max_k: int | None = None) -> list[int]:
+    def _depths(self, lengths: list[int], g: torch.Generator, p_zero: float, max_k: int) -> list[int]:
         if not self.augment:
             return [0] * len(lengths)
-        return sample_recovery_depth(torch.tensor(lengths), g, self.p_zero if p_zero is None else p_zero,
-                                     self.max_k if max_k is None else max_k).tolist()
+        return sample_recovery_depth(torch.tensor(lengths), g, p_zero, max_k).tolist()
 
 
 def batcher_for(spec: TrainModelSpec, settings: TrainSettings, main: list[TrainPair], anchor: list[TrainPair],
