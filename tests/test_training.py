@@ -601,6 +601,8 @@ def test_rounds_are_loadable_models(tiny_model, harness_cache):
     rounds = build_rounds(recipe, recipe.models[0], [1, 2, 3], progress=False)
     assert [r.spec.rsplit("@", 1)[-1] for r in rounds[:2]] == ["step1", "step2"]
     assert rounds[2].path.name == "model"
+    written = sorted(p.name for p in (rounds[2].path.parent / "rounds").iterdir())
+    assert written == ["step-000001", "step-000002"], "the last round is model/, not a second copy"
     shas = {r.fingerprint["weights_sha256"] for r in rounds}
     assert len(shas) == 3, "every round is a different model"
     for r in rounds:

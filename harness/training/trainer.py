@@ -175,8 +175,9 @@ class Trainer:
         """Train into ``work_dir`` (resuming from its latest checkpoint); returns the model folder.
 
         ``stop_after`` ends this call after that many steps, checkpointed (time-boxed
-        runs; tests of resume); it returns None then. After each step in ``save_steps`` a
-        plain model folder is written to ``work_dir/rounds/step-NNNNNN`` (fine-tuning rounds)."""
+        runs; tests of resume); it returns None then. After each step in ``save_steps`` but the
+        last a plain model folder is written to ``work_dir/rounds/step-NNNNNN`` (fine-tuning
+        rounds); the last step's model is the returned folder, not a second 0.5 GB copy."""
         acc = self._accelerator()
         with exact_fp32_matmuls(acc.mixed_precision == "no"):  # the reference pass and every step
             return self._train(acc, stop_after, save_steps)
@@ -248,7 +249,7 @@ class Trainer:
                     log.flush()
                 bar.set_postfix(loss=f"{stats['loss']:.3f}")
                 bar.update(1)
-                if step + 1 in save_steps:
+                if step + 1 in save_steps and step + 1 < s.steps:  # the last step is model/ itself
                     self._export(acc, model, tok, self.work_dir / "rounds" / f"step-{step + 1:06d}")
                 if (step + 1) % s.checkpoint_every == 0 and step + 1 < s.steps:
                     self._checkpoint(acc, step + 1)
