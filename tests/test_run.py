@@ -277,6 +277,43 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, tiny_model):
     assert cli("validate", str(recipe_path)).returncode == 0
 
 
+def test_a_failed_run_says_so_and_keeps_the_last_complete_run(tmp_path, tiny_model, pool, monkeypatch):
+    """A run that dies before writing anything (its model resolver raises as a full disk does)
+    is recorded as failed in history.jsonl with the error, and the folder keeps the last
+    complete run's files; one that dies while rewriting the folder also marks its manifest."""
+    import harness.run.runner as runner
+
+    raw = tiny_recipe(tiny_model, backend="hf", limit=2, depths=(0, 2))
+    raw["attacks"][0]["sampling"]["max_tokens"] = 4
+    run_recipe(recipe_from_dict(raw), out_dir=tmp_path / "out", engines=pool, progress=False)
+    run_dir = tmp_path / "out" / "tiny"
+    kept = {name: (run_dir / name).read_bytes() for name in ("manifest.json", "samples.jsonl", "summary.csv")}
+
+    def full_disk(spec):
+        raise OSError(28, "No space left on device")
+
+    raw["attacks"][0]["depths"] = [0, 2, 4]  # another configuration, which would replace the tables
+    with pytest.raises(OSError, match="No space left"):
+        run_recipe(recipe_from_dict(raw), out_dir=tmp_path / "out", engines=pool, progress=False,
+                   resolver=full_disk)
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["status"] for h in history] == ["complete", "failed"]
+    assert history[1]["error"] == "OSError: [Errno 28] No space left on device"
+    assert "error" not in history[0]
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+
+    def torn(*args, **kwargs):  # the disk fills while the tables are rewritten
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "finalize", torn)
+    with pytest.raises(OSError):
+        run_recipe(recipe_from_dict(raw), out_dir=tmp_path / "out", engines=pool, progress=False)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert (manifest["status"], manifest["error"]) == ("failed", "OSError: [Errno 28] No space left on device")
+    assert manifest["finished"] >= manifest["started"]
+    assert json.loads((run_dir / "history.jsonl").read_text().splitlines()[-1])["status"] == "failed"
+
+
 def test_damaged_lines_are_named_and_the_rest_kept(tmp_path, capsys):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
