@@ -289,23 +289,20 @@ def test_a_failed_run_says_so_and_keeps_the_last_complete_run(tmp_path, tiny_mod
     run_dir = tmp_path / "out" / "tiny"
     kept = {name: (run_dir / name).read_bytes() for name in ("manifest.json", "samples.jsonl", "summary.csv")}
 
-    def full_disk(spec):
+    def no_space(*args, **kwargs):  # what a full disk raises
         raise OSError(28, "No space left on device")
 
     raw["attacks"][0]["depths"] = [0, 2, 4]  # another configuration, which would replace the tables
     with pytest.raises(OSError, match="No space left"):
         run_recipe(recipe_from_dict(raw), out_dir=tmp_path / "out", engines=pool, progress=False,
-                   resolver=full_disk)
+                   resolver=no_space)
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [h["status"] for h in history] == ["complete", "failed"]
     assert history[1]["error"] == "OSError: [Errno 28] No space left on device"
     assert "error" not in history[0]
     assert {name: (run_dir / name).read_bytes() for name in kept} == kept
 
-    def torn(*args, **kwargs):  # the disk fills while the tables are rewritten
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(runner, "finalize", torn)
+    monkeypatch.setattr(runner, "finalize", no_space)  # the disk fills while the tables are rewritten
     with pytest.raises(OSError):
         run_recipe(recipe_from_dict(raw), out_dir=tmp_path / "out", engines=pool, progress=False)
     manifest = json.loads((run_dir / "manifest.json").read_text())
