@@ -138,6 +138,10 @@ class Manifest(BaseModel):
         entry = self.attacks.get(attack)
         return str(entry.type if entry is not None and entry.type else attack)
 
+    def mark_failed(self, error: BaseException) -> None:
+        """Status ``failed``, with the exception's type and message as ``error``."""
+        self.status, self.error = "failed", f"{type(error).__name__}: {error}"
+
     def dump(self) -> dict[str, Any]:
         """The JSON object to write (the keys that were set, in field order)."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)

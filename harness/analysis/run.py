@@ -210,7 +210,7 @@ def run_analysis(recipe: AnalyzeRecipe, run_dir: Path, limit: int | None = None,
                 models.keep_only({n for later in recipe.analyses[i + 1:] for n in later.model_names()})
             manifest.status = "complete"
         except BaseException as e:
-            manifest.status, manifest.error = "failed", f"{type(e).__name__}: {e}"
+            manifest.mark_failed(e)
             raise
         finally:
             manifest.finished = now()

@@ -173,7 +173,6 @@ def _run(recipe: Recipe, out_root: Path, run_dir: Path, limit: int | None, engin
     timings: dict[str, float] = {}
     ctx = RunContext(artifacts, recipe.seed, progress, caches / "work", pool, out_root)
     records: list[SampleRecord] = []
-    error: str | None = None
     try:
         # Resolve (and, for trained models, build) every model before any engine starts:
         # bad specs fail early, and training never competes with a live engine.
@@ -208,20 +207,19 @@ def _run(recipe: Recipe, out_root: Path, run_dir: Path, limit: int | None, engin
         manifest.engine_environment = {k: os.environ[k] for k in ENGINE_ENV if k in os.environ}
         write_json(run_dir / MANIFEST, manifest.dump())
     except BaseException as e:
-        error = f"{type(e).__name__}: {e}"
-        if manifest.status == "finalizing":  # this invocation's manifest is on disk: mark it
-            manifest.status, manifest.error, manifest.finished = "failed", error, now()
+        on_disk = manifest.status == "finalizing"  # else the folder holds the last complete run, untouched
+        manifest.mark_failed(e)
+        manifest.finished = now()
+        if on_disk:
             write_json(run_dir / MANIFEST, manifest.dump())
-        # (before that the folder still holds the last complete run, untouched)
         raise
     finally:
         gen_cache.close()
         artifacts.close()
         if own_pool:
             pool.close()
-        append_history(run_dir, {"started": started, "finished": now(),
-                                 "status": "failed" if error else manifest.status,
-                                 **({"error": error} if error else {}),
+        append_history(run_dir, {"started": started, "finished": now(), "status": manifest.status,
+                                 **({"error": manifest.error} if manifest.error else {}),
                                  "command": sys.argv, "recipe_hash": manifest.recipe_hash,
                                  "counts": _counts(result), "git": manifest.git})
     return result
